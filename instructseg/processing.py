@@ -1,0 +1,251 @@
+"""Pre- and post-processing shared by training data, the predictor and evaluation.
+
+Images (PIL / NumPy / torch, any of RGB, L, LA, RGBA, I;16, float) become two tensors per frame:
+
+* the **mask-branch** input: longest side resized to ``S_mask``, zero-padded (bottom/right) to ``S_mask x S_mask``,
+  ImageNet-normalised on a 0-255 scale (Mask2Former convention);
+* the **SigLIP** input: plain resize to ``S_clip x S_clip``, scaled to [0, 1], normalised with mean = std = 0.5.
+
+Text becomes the token layout of the reference code (``reference/instructseg-reference.md`` §1.3)::
+
+    SYSTEM USER: This is <kind> <ovp>\\n<image>\\n<task template> Text Prompt: <instruction> ASSISTANT: <answer> [SEG]<seg>
+
+``<ovp>``, ``<image>`` and ``<seg>`` are single placeholder tokens that the model expands to the OVP latents
+(R x Q_r tokens), the key frame's N SigLIP tokens and the Q mask queries. ``instruction_mask`` marks the
+instruction tokens (their hidden states are the detailed text embeddings); ``labels`` hold the answer tokens
+where the text loss applies and ``IGNORE_INDEX`` elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IGNORE_INDEX = -100
+OVP_TOKEN = "<ovp>"
+IMAGE_TOKEN = "<image>"
+SEG_QUERY_TOKEN = "<seg>"
+SEG_ANSWER_TOKEN = "[SEG]"
+SPECIAL_TOKENS = (OVP_TOKEN, IMAGE_TOKEN, SEG_QUERY_TOKEN, SEG_ANSWER_TOKEN)
+
+MASK_PIXEL_MEAN = (123.675, 116.28, 103.53)
+MASK_PIXEL_STD = (58.395, 57.12, 57.375)
+CLIP_PIXEL_MEAN = (0.5, 0.5, 0.5)
+CLIP_PIXEL_STD = (0.5, 0.5, 0.5)
+
+SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+TASKS = ("res", "reasonseg", "rvos", "reasonvos", "vqa")
+VIDEO_TASKS = ("rvos", "reasonvos")
+# Paper Table 10: one instruction template per task.
+TASK_TEMPLATES = {
+    "res": "You need to perform Referring Expression Segmentation on the image according to the Text Prompt.",
+    "reasonseg": "You need to perform Reasoning Segmentation on the image according to the Text Prompt.",
+    "rvos": "You need to perform Referring Video Object Segmentation on the video according to the Text Prompt.",
+    "reasonvos": "You need to perform Reasoning Video Object Segmentation on the video according to the Text Prompt.",
+    "vqa": "Answer the question about the image.",
+}
+DEFAULT_SEG_ANSWER = "Sure, the segmentation result is"
+
+
+def to_rgb_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Convert any supported image to an ``(H, W, 3)`` uint8 RGB array.
+
+    Accepted: PIL images of any mode; NumPy ``(H, W)``, ``(H, W, 1|3|4)`` arrays of uint8, uint16 or float in [0, 1];
+    torch tensors ``(3, H, W)`` / ``(H, W, 3)`` likewise. Grayscale is replicated, alpha is dropped, 16-bit is scaled
+    by 1/257, float is scaled by 255.
+
+    Raises:
+        ValueError: for any other shape, dtype, or an empty image.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(image).astype(np.float64) / 257.0
+            return np.repeat(np.clip(array, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+            image = image.permute(1, 2, 0)
+        image = image.numpy()
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image: expected a PIL image, NumPy array or torch tensor, got {type(image).__name__}.")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image: expected shape (H, W), (H, W, 1|3|4) or (1|3|4, H, W), got {tuple(image.shape)}.")
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float64) / 257.0).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"image: unsupported dtype {image.dtype}; use uint8, uint16 or float in [0, 1].")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=pixels.dtype).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype).view(3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+def longest_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """Size ``(h, w)`` after resizing the longest side of ``(height, width)`` to ``size``."""
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def mask_branch_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resize the longest side to ``size``, normalise and pad.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        size: output side ``S``.
+
+    Returns:
+        ``(3, S, S)`` float tensor and the valid (unpadded) ``(h, w)`` region.
+    """
+    h, w = longest_side_size(image.shape[0], image.shape[1], size)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    pixels = _normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), MASK_PIXEL_MEAN, MASK_PIXEL_STD)
+    out = torch.zeros(3, size, size)
+    out[:, :h, :w] = pixels
+    return out, (h, w)
+
+
+def clip_branch_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """Plain resize to ``size x size`` and SigLIP normalisation: ``(H, W, 3)`` uint8 → ``(3, S, S)`` float."""
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+    pixels = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
+    return _normalize(pixels, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD)
+
+
+def mask_branch_target(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a ``(H, W)`` binary mask like :func:`mask_branch_input` (nearest) and pad: → ``(S, S)`` float 0/1."""
+    mask_np = np.asarray(mask, dtype=np.uint8)
+    h, w = longest_side_size(mask_np.shape[0], mask_np.shape[1], size)
+    resized = np.asarray(Image.fromarray(mask_np * 255).resize((w, h), Image.NEAREST)) > 127
+    out = torch.zeros(size, size)
+    out[:h, :w] = torch.from_numpy(resized).float()
+    return out
+
+
+def postprocess_mask_logits(
+    logits: torch.Tensor, valid_hw: tuple[int, int], padded_size: int, original_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Mask logits at decoder resolution → logits at the original image resolution.
+
+    Args:
+        logits: ``(..., h, w)`` logits over the padded square input.
+        valid_hw: unpadded region ``(h, w)`` in padded-input pixels.
+        padded_size: side of the padded square input.
+        original_hw: ``(H, W)`` of the original image.
+
+    Returns:
+        ``(..., H, W)`` logits.
+    """
+    lead = logits.shape[:-2]
+    flat = logits.reshape(-1, 1, *logits.shape[-2:]).float()
+    flat = F.interpolate(flat, size=(padded_size, padded_size), mode="bilinear", align_corners=False)
+    flat = flat[..., : valid_hw[0], : valid_hw[1]]
+    flat = F.interpolate(flat, size=original_hw, mode="bilinear", align_corners=False)
+    return flat.reshape(*lead, *original_hw)
+
+
+@dataclass
+class TokenizedQuery:
+    """One tokenized prompt. All fields are 1-D with the same length ``L_text``."""
+
+    input_ids: torch.Tensor
+    instruction_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def build_prompt_parts(task: str, instruction: str, answer: str | None = None) -> tuple[str, str, str, str]:
+    """Split the prompt into (prefix, instruction, answer text, suffix).
+
+    The answer is ``answer`` for VQA and ``"<answer> [SEG]"`` (default answer: "Sure, the segmentation result is")
+    for segmentation tasks; the suffix holds the ``<seg>`` query placeholder.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}.")
+    if not instruction or not instruction.strip():
+        raise ValueError("instruction: the text instruction is empty; give a phrase or a question.")
+    kind = "a video with reference frames" if task in VIDEO_TASKS else "an image"
+    prefix = f"{SYSTEM_PROMPT} USER: This is {kind} {OVP_TOKEN}\n{IMAGE_TOKEN}\n{TASK_TEMPLATES[task]} Text Prompt:"
+    if task == "vqa":
+        if not answer:
+            raise ValueError("answer: VQA samples need an answer text.")
+        answer_text = f" {answer.strip()}"
+    else:
+        answer_text = f" {(answer or DEFAULT_SEG_ANSWER).strip()} {SEG_ANSWER_TOKEN}"
+    return prefix, f" {instruction.strip()}", " ASSISTANT:" + answer_text, SEG_QUERY_TOKEN
+
+
+def tokenize_query(
+    tokenizer, task: str, instruction: str, answer: str | None = None, supervise_answer: bool = False
+) -> TokenizedQuery:
+    """Tokenize one query into the model's layout (see the module docstring).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer that already holds :data:`SPECIAL_TOKENS`.
+        task: one of :data:`TASKS`.
+        instruction: the referring phrase or question.
+        answer: optional answer text (reasoning explanations, VQA answers).
+        supervise_answer: put the answer tokens (after "ASSISTANT:") into ``labels`` for the text loss.
+    """
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"tokenizer: missing special tokens {missing}; call add_instructseg_tokens(tokenizer) first.")
+    prefix, instr, answer_text, suffix = build_prompt_parts(task, instruction, answer)
+    assistant_ids = tokenizer(" ASSISTANT:", add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in (prefix, instr, answer_text, suffix)]
+    answer_ids = pieces[2]
+    n_prompt = len(assistant_ids) if answer_ids[: len(assistant_ids)] == assistant_ids else 0
+    input_ids = [i for piece in pieces for i in piece]
+    instruction_mask = [0] * len(pieces[0]) + [1] * len(pieces[1]) + [0] * (len(answer_ids) + len(pieces[3]))
+    labels = [IGNORE_INDEX] * len(input_ids)
+    if supervise_answer:
+        start = len(pieces[0]) + len(pieces[1]) + n_prompt
+        end = len(pieces[0]) + len(pieces[1]) + len(answer_ids)
+        labels[start:end] = input_ids[start:end]
+    return TokenizedQuery(
+        input_ids=torch.tensor(input_ids, dtype=torch.long),
+        instruction_mask=torch.tensor(instruction_mask, dtype=torch.bool),
+        labels=torch.tensor(labels, dtype=torch.long),
+    )
+
+
+def add_instructseg_tokens(tokenizer) -> list[int]:
+    """Add the placeholder / answer tokens (idempotent) and a pad token if missing; return their ids."""
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+
+
+def collate_tokens(queries: Sequence[TokenizedQuery], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of :class:`TokenizedQuery` into ``(B, L_max)`` tensors plus ``attention_mask``."""
+    length = max(q.input_ids.numel() for q in queries)
+    batch = {
+        "input_ids": torch.full((len(queries), length), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros(len(queries), length, dtype=torch.bool),
+        "instruction_mask": torch.zeros(len(queries), length, dtype=torch.bool),
+        "labels": torch.full((len(queries), length), IGNORE_INDEX, dtype=torch.long),
+    }
+    for row, query in enumerate(queries):
+        n = query.input_ids.numel()
+        batch["input_ids"][row, :n] = query.input_ids
+        batch["attention_mask"][row, :n] = True
+        batch["instruction_mask"][row, :n] = query.instruction_mask
+        batch["labels"][row, :n] = query.labels
+    return batch
