@@ -14,6 +14,8 @@ correct under DDP and with :meth:`torchmetrics.Metric.merge_state`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from scipy.ndimage import binary_dilation
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 EXPRESSION_TYPES = ("referring", "reasoning", "no_target")
 """Expression types of :class:`VideoSegMetric`; the index is the ReVOS ``type_id`` (0, 1, 2)."""
@@ -30,7 +33,7 @@ MaskLike = np.ndarray | Tensor
 
 def _as_bool_tensor(mask: MaskLike) -> Tensor:
     """Converts a numpy array or tensor to a bool tensor (non-zero = foreground), keeping its device."""
-    return torch.as_tensor(mask).bool()
+    return torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask).bool()
 
 
 def _frame_iou(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -186,7 +189,7 @@ class VideoSegMetric(Metric):
     ``overall/R`` (the "R" column of the VISA paper); it never scores type-2 expressions.
 
     Keys without data are omitted. States are per-expression tensors reduced by concatenation, so the metric is
-    DDP-safe (every rank should score at least one expression, as with a padding ``DistributedSampler``).
+    DDP-safe, also when a rank scored no expression.
 
     Args:
         bound_th: boundary tolerance of F (fraction of the image diagonal if < 1, else pixels).
@@ -199,12 +202,14 @@ class VideoSegMetric(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    _STATE_DTYPES = {"expr_type": torch.long, "id_length": torch.long, "id_bytes": torch.uint8,
+                     "j": torch.float64, "f": torch.float64, "r": torch.float64}
 
     def __init__(self, bound_th: float = 0.008, r_false_positive_scale: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.bound_th = bound_th
         self.r_false_positive_scale = r_false_positive_scale
-        for name in ("expr_type", "id_length", "id_bytes", "j", "f", "r"):
+        for name in self._STATE_DTYPES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
@@ -234,15 +239,26 @@ class VideoSegMetric(Metric):
         j = _frame_iou(pred, gt)[2].mean().item()
         f = _boundary_f_frames(pred.cpu().numpy(), gt.cpu().numpy(), self.bound_th).mean().item()
         r = math.nan if foreground is None else self._robustness(pred, gt, torch.as_tensor(foreground))
-        id_bytes = torch.tensor(list(expression_id.encode()), dtype=torch.uint8, device=self.device)
-        self.expr_type.append(torch.tensor([EXPRESSION_TYPES.index(expression_type)], device=self.device))
-        self.id_length.append(torch.tensor([id_bytes.numel()], device=self.device))
-        self.id_bytes.append(id_bytes)
-        for state, value in ((self.j, j), (self.f, f), (self.r, r)):
-            state.append(torch.tensor([value], dtype=torch.float64, device=self.device))
+        id_bytes = list(expression_id.encode())
+        values = {"expr_type": [EXPRESSION_TYPES.index(expression_type)], "id_length": [len(id_bytes)],
+                  "id_bytes": id_bytes, "j": [j], "f": [f], "r": [r]}
+        for name, value in values.items():
+            getattr(self, name).append(torch.tensor(value, dtype=self._STATE_DTYPES[name], device=self.device))
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
+        """Gives a rank without expressions typed empty states before the gather.
+
+        torchmetrics would substitute float32 empty tensors, whose dtype differs from the other ranks' states.
+        """
+        for name, dtype in self._STATE_DTYPES.items():
+            if isinstance(getattr(self, name), list) and not getattr(self, name):
+                setattr(self, name, [torch.empty(0, dtype=dtype, device=self.device)])
+        super()._sync_dist(dist_sync_fn, process_group)
 
     def _robustness(self, pred: Tensor, gt: Tensor, foreground: Tensor) -> float:
         """Mean over frames of ``max(1 - s * FP / (ΣFg + 1e-6), 0)`` for (T, H, W) masks."""
+        if foreground.shape != pred.shape:
+            raise ValueError(f"foreground shape {tuple(foreground.shape)} != prediction shape {tuple(pred.shape)}")
         false_pos = (pred & ~gt).flatten(1).sum(1).double() * self.r_false_positive_scale
         fg_area = foreground.flatten(1).double().sum(1).to(false_pos.device)
         return (1 - false_pos / (fg_area + 1e-6)).clamp(min=0).mean().item()

@@ -1,0 +1,126 @@
+"""Reference tests for the matcher and the loss terms on small hand-checkable cases."""
+
+from itertools import permutations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from instructseg.config import LossConfig
+from instructseg.losses import (
+    InstructSegCriterion,
+    bce_loss,
+    dice_loss,
+    hungarian_match,
+    pairwise_mask_cost,
+    point_sample,
+)
+from instructseg.modeling.mask_decoder import MaskPrediction
+
+
+def brute_force_cost(cost: np.ndarray) -> float:
+    q, k = cost.shape
+    return min(sum(cost[r, c] for c, r in enumerate(rows)) for rows in permutations(range(q), k))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("q, k", [(3, 1), (4, 2), (5, 3)])
+def test_matcher_is_optimal_against_brute_force(seed, q, k):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, q, 8, 8, generator=gen) * 3
+    targets = (torch.rand(k, 8, 8, generator=gen) > 0.5).float()
+    torch.manual_seed(seed)
+    (rows, cols), = hungarian_match(logits, [targets], num_points=64, bce_weight=5.0, dice_weight=5.0)
+    torch.manual_seed(seed)
+    coords = torch.rand(1, 64, 2)
+    pred = point_sample(logits[0][:, None], coords.expand(q, -1, -1))[:, 0]
+    tgt = point_sample(targets[:, None], coords.expand(k, -1, -1))[:, 0]
+    cost = pairwise_mask_cost(pred, tgt, 5.0, 5.0).numpy()
+    assert len(rows) == k and sorted(cols.tolist()) == list(range(k))
+    assert cost[rows.numpy(), cols.numpy()].sum() == pytest.approx(brute_force_cost(cost), abs=1e-5)
+
+
+def test_pairwise_cost_matches_per_pair_losses():
+    gen = torch.Generator().manual_seed(1)
+    pred, tgt = torch.randn(3, 50, generator=gen), (torch.rand(2, 50, generator=gen) > 0.5).float()
+    cost = pairwise_mask_cost(pred, tgt, 2.0, 3.0)
+    for i in range(3):
+        for j in range(2):
+            expected = 2.0 * bce_loss(pred[i : i + 1], tgt[j : j + 1]) + 3.0 * dice_loss(pred[i : i + 1], tgt[j : j + 1])
+            assert cost[i, j] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_dice_and_bce_hand_values():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])  # p = 0.5 everywhere
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    # dice = 1 - (2*1 + 1) / (2 + 2 + 1) = 0.4
+    assert float(dice_loss(logits, target)) == pytest.approx(0.4)
+    assert float(bce_loss(logits, target)) == pytest.approx(np.log(2.0))
+    big = torch.tensor([[20.0, 20.0, -20.0, -20.0]])
+    assert float(dice_loss(big, target)) == pytest.approx(0.0, abs=1e-6)
+    assert float(bce_loss(big, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_point_sample_reads_pixel_centres():
+    values = torch.arange(16.0).view(1, 1, 4, 4)
+    coords = torch.tensor([[[0.125, 0.125], [0.875, 0.375]]])  # centres of (0,0) and (row 1, col 3)
+    assert point_sample(values, coords)[0, 0].tolist() == pytest.approx([0.0, 7.0])
+
+
+def _prediction(b=2, q=4, side=8, steps=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    masks = [torch.randn(b, q, side, side, generator=gen, requires_grad=True) for _ in range(steps)]
+    scores = [torch.randn(b, q, generator=gen, requires_grad=True) for _ in range(steps)]
+    return MaskPrediction(masks, scores)
+
+
+def test_no_target_sample_gives_no_mask_loss_and_pushes_scores_down():
+    pred = _prediction(b=1)
+    crit = InstructSegCriterion(LossConfig(num_points=64))
+    out = crit(pred, torch.zeros(1, 32, 32), torch.tensor([False]), torch.tensor([True]))
+    assert float(out["loss_bce"]) == 0.0 and float(out["loss_dice"]) == 0.0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(pred.scores[-1], torch.zeros(1, 4))
+    assert float(out["loss_class"]) == pytest.approx(float(expected), rel=1e-5)
+    out["loss"].backward()
+    assert (pred.scores[-1].grad > 0).all()  # gradient descent lowers every score
+    assert pred.mask_logits[-1].grad is None or pred.mask_logits[-1].grad.abs().sum() == 0
+
+
+def test_class_loss_positive_weighting_and_deep_supervision():
+    pred = _prediction(b=2, q=4, steps=3)
+    target = torch.zeros(2, 32, 32)
+    target[:, :16] = 1
+    crit = InstructSegCriterion(LossConfig(num_points=64, class_weight=2.0, mask_weight=5.0, dice_weight=5.0))
+    out = crit(pred, target, torch.tensor([True, True]), torch.tensor([True, True]))
+    assert {"loss_class_0", "loss_class_1", "loss_class", "loss_bce_0", "loss_dice_1"} <= set(out)
+    total = sum(2.0 * out[f"loss_class{s}"] + 5.0 * out[f"loss_bce{s}"] + 5.0 * out[f"loss_dice{s}"]
+                for s in ("_0", "_1", ""))
+    assert float(out["loss"]) == pytest.approx(float(total), rel=1e-5)
+    # class loss of the last step with pos_weight = (8 - 2) / 2 = 3 on the matched queries
+    torch.manual_seed(0)
+    matches = hungarian_match(pred.mask_logits[-1], [target[:1], target[1:]], 64, 5.0, 5.0)
+    assert all(len(r) == 1 for r, _ in matches)
+
+
+def test_vqa_rows_are_left_out():
+    pred = _prediction(b=2)
+    crit = InstructSegCriterion(LossConfig(num_points=64))
+    target = torch.ones(2, 32, 32)
+    torch.manual_seed(0)
+    both = crit(pred, target, torch.tensor([True, True]), torch.tensor([True, False]))
+    torch.manual_seed(0)
+    only_first = crit(
+        MaskPrediction([m[:1] for m in pred.mask_logits], [s[:1] for s in pred.scores]),
+        target[:1], torch.tensor([True]), torch.tensor([True]),
+    )
+    assert float(both["loss_class"]) == pytest.approx(float(only_first["loss_class"]), rel=1e-5)
+    text = torch.tensor(2.5)
+    with_text = crit(pred, target, torch.tensor([True, True]), torch.tensor([False, False]), lm_loss=text)
+    assert float(with_text["loss"]) == pytest.approx(2.5) and float(with_text["loss_bce"]) == 0.0
+
+
+def test_scipy_and_matcher_agree_on_explicit_cost():
+    cost = np.array([[4.0, 1.0], [2.0, 0.5], [0.1, 3.0]])
+    rows, cols = linear_sum_assignment(cost)
+    assert cost[rows, cols].sum() == pytest.approx(brute_force_cost(cost))

@@ -1,0 +1,295 @@
+"""Tests of instructseg.metrics against hand-computed numbers and a loop-based DAVIS f_measure reference."""
+
+from __future__ import annotations
+
+import math
+from operator import itemgetter
+
+import numpy as np
+import pytest
+import torch
+
+from instructseg.metrics import (
+    ImageSegMetric,
+    VideoSegMetric,
+    boundary_f_measure,
+    boundary_radius,
+    mask_iou,
+)
+
+
+def _box(shape: tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[..., rows, cols] = True
+    return mask
+
+
+def _reference_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    """Straightforward DAVIS-2017 f_measure: boundaries and dilation by explicit loops."""
+    height, width = pred.shape
+
+    def boundary(seg: np.ndarray) -> np.ndarray:
+        out = np.zeros((height, width), dtype=bool)
+        for y in range(height):
+            for x in range(width):
+                if y == height - 1 and x == width - 1:
+                    continue
+                if y == height - 1:
+                    out[y, x] = seg[y, x] != seg[y, x + 1]
+                elif x == width - 1:
+                    out[y, x] = seg[y, x] != seg[y + 1, x]
+                else:
+                    neighbours = (seg[y, x + 1], seg[y + 1, x], seg[y + 1, x + 1])
+                    out[y, x] = any(seg[y, x] != neighbour for neighbour in neighbours)
+        return out
+
+    radius = bound_th if bound_th >= 1 else math.ceil(bound_th * math.sqrt(height**2 + width**2))
+
+    def dilate(bmap: np.ndarray) -> np.ndarray:
+        points = [(y, x) for y in range(height) for x in range(width) if bmap[y, x]]
+        out = np.zeros((height, width), dtype=bool)
+        for y in range(height):
+            for x in range(width):
+                out[y, x] = any((y - py) ** 2 + (x - px) ** 2 <= radius**2 for py, px in points)
+        return out
+
+    pred_b, gt_b = boundary(pred), boundary(gt)
+    n_pred, n_gt = int(pred_b.sum()), int(gt_b.sum())
+    if n_pred == 0 and n_gt > 0:
+        precision, recall = 1.0, 0.0
+    elif n_pred > 0 and n_gt == 0:
+        precision, recall = 0.0, 1.0
+    elif n_pred == 0 and n_gt == 0:
+        precision, recall = 1.0, 1.0
+    else:
+        precision = int((pred_b & dilate(gt_b)).sum()) / n_pred
+        recall = int((gt_b & dilate(pred_b)).sum()) / n_gt
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------------------------------------- functional helpers
+
+
+@pytest.mark.parametrize(
+    ("pred", "gt", "expected"),
+    [
+        (np.zeros((4, 5), bool), _box((4, 5), slice(0, 2), slice(0, 2)), 0.0),  # empty prediction
+        (_box((4, 5), slice(0, 2), slice(0, 2)), np.zeros((4, 5), bool), 0.0),  # empty target
+        (np.zeros((4, 5), bool), np.zeros((4, 5), bool), 1.0),  # both empty
+        (_box((4, 5), slice(1, 3), slice(1, 4)), _box((4, 5), slice(1, 3), slice(1, 4)), 1.0),  # identical
+        (_box((4, 5), slice(0, 2), slice(0, 2)), _box((4, 5), slice(2, 4), slice(2, 4)), 0.0),  # disjoint
+        (_box((4, 5), slice(0, 2), slice(0, 4)), _box((4, 5), slice(0, 2), slice(2, 5)), 2 / 5),  # I=4, U=10
+    ],
+)
+def test_mask_iou_cases(pred: np.ndarray, gt: np.ndarray, expected: float) -> None:
+    assert mask_iou(pred, gt) == pytest.approx(expected)
+    assert mask_iou(torch.from_numpy(pred), torch.from_numpy(gt).to(torch.uint8) * 255) == pytest.approx(expected)
+
+
+def test_boundary_radius() -> None:
+    assert boundary_radius(480, 854) == 8
+    assert boundary_radius(20, 30) == 1
+    assert boundary_radius(480, 854, bound_th=3) == 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("bound_th", [0.008, 0.1, 2])
+def test_boundary_f_matches_loop_reference(seed: int, bound_th: float) -> None:
+    rng = np.random.default_rng(seed)
+    dense = rng.random((20, 30)) < rng.uniform(0.2, 0.6)
+    cases = [
+        (rng.random((20, 30)) < rng.uniform(0.01, 0.08), rng.random((20, 30)) < rng.uniform(0.01, 0.08)),  # sparse
+        (dense, dense ^ (rng.random((20, 30)) < 0.15)),  # dense and correlated
+    ]
+    for pred, gt in cases:
+        assert abs(boundary_f_measure(pred, gt, bound_th) - _reference_f_measure(pred, gt, bound_th)) < 1e-9
+    blob_pred, blob_gt = _box((20, 30), slice(3, 14), slice(5, 20)), _box((20, 30), slice(5, 17), slice(8, 26))
+    blob_gt[rng.integers(0, 20, 8), rng.integers(0, 30, 8)] = True
+    expected = _reference_f_measure(blob_pred, blob_gt, bound_th)
+    assert abs(boundary_f_measure(blob_pred, blob_gt, bound_th) - expected) < 1e-9
+
+
+def test_boundary_f_edge_cases() -> None:
+    empty, square = np.zeros((20, 30), bool), _box((20, 30), slice(5, 10), slice(5, 10))
+    assert boundary_f_measure(empty, empty) == 1.0
+    assert boundary_f_measure(empty, square) == 0.0
+    assert boundary_f_measure(square, empty) == 0.0
+    assert boundary_f_measure(square, square) == 1.0
+    full = np.ones((20, 30), bool)  # a full mask has an empty boundary map, as in DAVIS
+    assert boundary_f_measure(full, full) == 1.0
+
+
+@pytest.mark.parametrize(("shift", "expected"), [(8, 1.0), (9, 0.5), (10, 0.0)])
+def test_boundary_f_tolerance_at_480p(shift: int, expected: float) -> None:
+    # One foreground pixel has a 2x2 boundary block (itself plus the pixels left/above it, as in DAVIS); shifting the
+    # prediction by `shift` columns puts its blocks `shift - 1 .. shift + 1` pixels away, against a radius of 8.
+    gt, pred = np.zeros((480, 854), bool), np.zeros((480, 854), bool)
+    gt[100, 100] = True
+    pred[100, 100 + shift] = True
+    assert boundary_f_measure(pred, gt) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------------------------- ImageSegMetric
+
+
+def test_image_metric_ciou_differs_from_giou() -> None:
+    preds = np.stack([_box((4, 5), slice(0, 2), slice(0, 2)), _box((4, 5), slice(0, 2), slice(0, 5))])
+    targets = np.stack([_box((4, 5), slice(0, 2), slice(1, 3)), _box((4, 5), slice(0, 2), slice(0, 5))])
+    # sample 0: I=2, U=6 -> IoU=1/3; sample 1: I=U=10 -> IoU=1.
+    metric = ImageSegMetric()
+    metric.update(torch.from_numpy(preds), torch.from_numpy(targets))
+    scores = metric.compute()
+    assert scores["cIoU"] == pytest.approx(12 / 16)
+    assert scores["gIoU"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_image_metric_empty_union_counts_as_one() -> None:
+    metric = ImageSegMetric()
+    metric.update(np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3, 3), np.uint8))
+    assert metric.compute() == {"cIoU": 0.0, "gIoU": 1.0}
+    metric.update(np.ones((1, 3, 3)), np.zeros((1, 3, 3)))
+    assert metric.compute() == pytest.approx({"cIoU": 0.0, "gIoU": 2 / 3})
+
+
+def test_image_metric_merge_state_equals_single_pass() -> None:
+    rng = np.random.default_rng(0)
+    preds, targets = rng.random((6, 8, 9)) < 0.4, rng.random((6, 8, 9)) < 0.4
+    full, first, second = ImageSegMetric(), ImageSegMetric(), ImageSegMetric()
+    full.update(torch.from_numpy(preds), torch.from_numpy(targets))
+    first.update(torch.from_numpy(preds[:2]), torch.from_numpy(targets[:2]))
+    second.update(torch.from_numpy(preds[2:]), torch.from_numpy(targets[2:]))
+    first.merge_state(second)
+    assert first.compute() == pytest.approx(full.compute(), abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- VideoSegMetric
+
+
+def _expression(score: str, frames: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, gt) of `frames` 10x10 frames with J = F = 1 ("hit"), 0 ("miss") or 0.5 ("half": frame 1 missed)."""
+    gt = _box((frames, 10, 10), slice(2, 6), slice(3, 8))
+    pred = gt.copy()
+    if score == "miss":
+        pred[:] = False
+    elif score == "half":
+        pred[1] = False
+    return pred, gt
+
+
+def test_video_metric_jf_per_expression_and_mean() -> None:
+    metric = VideoSegMetric()
+    metric.update(*_expression("half"), expression_id="v0/0")
+    metric.update(*_expression("hit"), expression_id="v0/1")
+    scores = metric.compute()
+    assert scores["J"] == pytest.approx(0.75) and scores["F"] == pytest.approx(0.75)
+    assert scores["J&F"] == pytest.approx(0.75)
+    rows = metric.per_expression()
+    summary = [(row["id"], row["type"], row["J&F"]) for row in rows]
+    assert summary == [("v0/0", "referring", 0.5), ("v0/1", "referring", 1.0)]
+
+
+def test_video_metric_matches_functional_helpers() -> None:
+    rng = np.random.default_rng(1)
+    preds, targets = rng.random((3, 20, 30)) < 0.3, rng.random((3, 20, 30)) < 0.3
+    metric = VideoSegMetric()
+    metric.update(torch.from_numpy(preds), torch.from_numpy(targets).to(torch.uint8))
+    row = metric.per_expression()[0]
+    assert row["J"] == pytest.approx(np.mean([mask_iou(p, g) for p, g in zip(preds, targets)]), abs=1e-12)
+    assert row["F"] == pytest.approx(np.mean([_reference_f_measure(p, g) for p, g in zip(preds, targets)]), abs=1e-9)
+    assert math.isnan(row["R"])
+
+
+def test_video_metric_revos_groups_overall_is_mean_of_group_means() -> None:
+    metric = VideoSegMetric()
+    for score in ("hit", "hit", "half"):
+        metric.update(*_expression(score), expression_type="referring")
+    metric.update(*_expression("miss"), expression_type="reasoning")
+    scores = metric.compute()
+    assert scores["referring/J&F"] == pytest.approx(2.5 / 3)
+    assert scores["reasoning/J&F"] == pytest.approx(0.0)
+    assert scores["overall/J&F"] == pytest.approx(2.5 / 3 / 2)  # mean of the group means, 0.4167
+    assert scores["J&F"] == pytest.approx(2.5 / 4)  # mean over expressions, 0.625
+    assert "R" not in scores
+
+
+def test_video_metric_robustness_on_no_target() -> None:
+    gt = np.zeros((2, 10, 10), bool)
+    pred = gt.copy()
+    pred[0, 0, :3] = True  # 3 false-positive pixels in frame 0, none in frame 1
+    foreground = _box((2, 10, 10), slice(0, 5), slice(0, 10))  # 50 annotated pixels per frame
+    for scale, expected in ((1.0, (1 - 3 / 50 + 1) / 2), (255.0, (0 + 1) / 2)):
+        metric = VideoSegMetric(r_false_positive_scale=scale)
+        metric.update(*_expression("hit"), expression_type="referring")
+        metric.update(pred, gt, expression_type="no_target", foreground=foreground)
+        scores = metric.compute()
+        assert scores["R"] == pytest.approx(expected, abs=1e-6)
+        assert scores["J&F"] == pytest.approx(1.0)  # the no-target expression is excluded from J/F
+        assert scores["overall/J&F"] == pytest.approx(1.0)
+        assert "reasoning/J&F" not in scores
+
+
+def test_video_metric_official_group_robustness() -> None:
+    # Official ReVOS R: per-group mean of the per-expression R of referring / reasoning expressions, overall = mean.
+    gt = _box((1, 10, 10), slice(0, 2), slice(0, 10))  # 20 target pixels
+    foreground = _box((1, 10, 10), slice(0, 4), slice(0, 10))  # 40 annotated pixels
+    pred_clean, pred_fp = gt.copy(), gt.copy()
+    pred_fp[0, 5, :4] = True  # 4 false positives -> R = 1 - 4/40 = 0.9
+    metric = VideoSegMetric()
+    metric.update(pred_clean, gt, expression_type="referring", foreground=foreground)
+    metric.update(pred_fp, gt, expression_type="referring", foreground=foreground)
+    metric.update(pred_fp, gt, expression_type="reasoning", foreground=foreground)
+    scores = metric.compute()
+    assert scores["referring/R"] == pytest.approx(0.95, abs=1e-6)
+    assert scores["reasoning/R"] == pytest.approx(0.9, abs=1e-6)
+    assert scores["overall/R"] == pytest.approx(0.925, abs=1e-6)
+    assert "R" not in scores
+    metric.update(*_expression("hit"), expression_type="reasoning")  # no foreground -> no reasoning/overall R
+    scores = metric.compute()
+    assert "referring/R" in scores and "reasoning/R" not in scores and "overall/R" not in scores
+
+
+def test_video_metric_rejects_bad_input() -> None:
+    metric = VideoSegMetric()
+    with pytest.raises(ValueError, match="foreground"):
+        metric.update(*_expression("hit"), expression_type="no_target")
+    with pytest.raises(ValueError, match="expression_type"):
+        metric.update(*_expression("hit"), expression_type="other")
+    with pytest.raises(ValueError, match="shape"):
+        metric.update(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
+    with pytest.raises(ValueError, match="foreground shape"):
+        metric.update(*_expression("hit"), expression_type="no_target", foreground=np.ones((1, 10, 10)))
+
+
+def test_video_metric_merge_state_equals_single_pass() -> None:
+    rng = np.random.default_rng(2)
+    items = []
+    for i, kind in enumerate(["referring", "reasoning", "referring", "no_target", "reasoning"]):
+        preds, targets = rng.random((3, 12, 16)) < 0.3, rng.random((3, 12, 16)) < 0.3
+        if kind == "no_target":
+            targets[:] = False
+        foreground = rng.random((3, 12, 16)) < 0.5
+        items.append(dict(preds=preds, targets=targets, expression_type=kind, foreground=foreground,
+                          expression_id=f"vid{i}/é{i}"))
+    full, first, second = VideoSegMetric(), VideoSegMetric(), VideoSegMetric()
+    for item in items:
+        full.update(**item)
+    for item in items[:2]:
+        first.update(**item)
+    for item in items[2:]:
+        second.update(**item)
+    first.merge_state(second)
+    assert first.compute() == pytest.approx(full.compute(), abs=1e-12)
+    groups = ("referring", "reasoning", "overall")
+    assert set(full.compute()) == {"J", "F", "J&F", "R"} | {f"{g}/{k}" for g in groups for k in ("J", "F", "J&F", "R")}
+    merged_rows = sorted(first.per_expression(), key=itemgetter("id"))
+    full_rows = sorted(full.per_expression(), key=itemgetter("id"))
+    assert [row["id"] for row in full_rows] == [f"vid{i}/é{i}" for i in range(5)]
+    for merged, reference in zip(merged_rows, full_rows):
+        assert merged == pytest.approx(reference, nan_ok=True)
+
+
+def test_video_metric_empty_compute() -> None:
+    metric = VideoSegMetric()
+    with pytest.warns(UserWarning):
+        assert metric.compute() == {}
+    assert metric.per_expression() == []
