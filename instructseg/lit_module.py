@@ -5,7 +5,7 @@
 * Validation: per-task cIoU / gIoU of the selected key-frame mask and the no-target accuracy.
 * Checkpoints hold only the trainable weights (+ optimizer / scheduler / loop state); the frozen towers are
   re-loaded from their pretrained paths, so resuming is exact and checkpoints stay small. The model configuration is
-  stored as a plain dict under ``hyper_parameters["model_config"]`` so checkpoints load with
+  stored as a plain dict under the top-level key ``"model_config"`` so checkpoints load with
   ``torch.load(weights_only=True)``.
 * A non-finite loss stops the run with the step, the batch keys and every loss term in the message; no checkpoint is
   written for that step, so the last good checkpoint stays intact.
@@ -77,7 +77,7 @@ class InstructSegModule(L.LightningModule):
     @classmethod
     def config_from_checkpoint(cls, checkpoint: dict[str, Any]) -> InstructSegConfig:
         """The model configuration stored in a checkpoint dict (see the module docstring)."""
-        return InstructSegConfig.from_dict(checkpoint["hyper_parameters"]["model_config"])
+        return InstructSegConfig.from_dict(checkpoint["model_config"])
 
     @property
     def tokenizer(self):
@@ -177,21 +177,27 @@ class InstructSegModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {f"model.{name}" for name in self.model.trainable_parameters()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["hyper_parameters"] = {
-            **checkpoint.get("hyper_parameters", {}),
-            "model_config": self.model_config.to_dict(),
-        }
+        checkpoint["model_config"] = self.model_config.to_dict()
+        # the loss samples points at random and LoRA uses dropout: the RNG state makes resuming exact
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         expected = {f"model.{name}" for name in self.model.trainable_parameters()}
         got = set(checkpoint["state_dict"])
         if got != expected:
-            stored = checkpoint.get("hyper_parameters", {}).get("model_config", {}).get("name", "?")
+            stored = checkpoint.get("model_config", {}).get("name", "?")
             raise ValueError(
                 f"checkpoint from a different preset/config (stored preset {stored!r}, this model "
                 f"{self.model_config.name!r}): missing keys {sorted(expected - got)[:8]}, unexpected keys "
                 f"{sorted(got - expected)[:8]}."
             )
+        rng = checkpoint.get("rng_state", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         own = self.state_dict()
         wrong = [k for k in expected if own[k].shape != checkpoint["state_dict"][k].shape]
         if wrong:

@@ -113,11 +113,23 @@ def side_by_side(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
     return canvas
 
 
-def save_overlay_png(path: str | Path, image: ImageLike, mask: np.ndarray, caption: str | None = None) -> Path:
-    """Saves :func:`overlay_mask` of ``image`` and (H, W) ``mask`` as a PNG, creating parent directories."""
+def overlay_with_target(
+    image: ImageLike, mask: np.ndarray, target: np.ndarray | None = None, caption: str | None = None
+) -> Image.Image:
+    """The prediction overlay, with the ground truth (green) side by side when ``target`` is given."""
+    picture = overlay_mask(image, mask, caption=caption)
+    if target is None:
+        return picture
+    return side_by_side([picture, overlay_mask(image, target, color=(64, 200, 64), caption="ground truth")])
+
+
+def save_overlay_png(
+    path: str | Path, image: ImageLike, mask: np.ndarray, caption: str | None = None, target: np.ndarray | None = None
+) -> Path:
+    """Saves :func:`overlay_with_target` as a PNG, creating parent directories; returns ``path`` as a ``Path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    overlay_mask(image, mask, caption=caption).save(path)
+    overlay_with_target(image, mask, target, caption).save(path)
     return path
 
 
@@ -127,6 +139,7 @@ def save_overlay_gif(
     masks: Sequence[np.ndarray],
     caption: str | None = None,
     fps: float = 4,
+    targets: Sequence[np.ndarray] | None = None,
 ) -> Path:
     """Saves the overlays of a video as a looping animated GIF, creating parent directories.
 
@@ -136,13 +149,15 @@ def save_overlay_gif(
         masks: T (H, W) masks, or a (T, H, W) array.
         caption: text written on every frame.
         fps: frames per second. Pillow merges consecutive identical frames into one longer frame.
+        targets: optional T ground-truth masks shown side by side in green.
 
     Returns:
         ``path`` as a ``Path``.
     """
-    if len(frames) != len(masks) or not frames:
+    if len(frames) != len(masks) or not len(frames) or (targets is not None and len(targets) != len(frames)):
         raise ValueError(f"need as many masks as frames (at least one), got {len(frames)} frames, {len(masks)} masks")
-    overlays = [overlay_mask(frame, mask, caption=caption) for frame, mask in zip(frames, masks)]
+    targets = [None] * len(frames) if targets is None else targets
+    overlays = [overlay_with_target(f, m, t, caption) for f, m, t in zip(frames, masks, targets)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     overlays[0].save(path, save_all=True, append_images=overlays[1:], duration=round(1000 / fps), loop=0)
