@@ -105,6 +105,7 @@ class InstructSegLLM(nn.Module):
         self.hidden_size = self.base_model.config.hidden_size
         self.max_positions = getattr(self.base_model.config, "max_position_embeddings", None)
         ids = [special_token_ids[t] for t in SPECIAL_TOKENS]
+        self.special_ids = ids
         self.register_buffer("new_token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.ovp_id, self.image_id, self.seg_id = (special_token_ids[t] for t in (OVP_TOKEN, IMAGE_TOKEN, SEG_QUERY_TOKEN))
         base_embed = self.base_model.get_input_embeddings().weight
