@@ -1,0 +1,61 @@
+"""Converters from the official dataset formats to record shards (:mod:`datamodules.schema`).
+
+    python -m datamodules.convert <name> --root <official dir> --out <shard dir> [--split ...] [--maxcount N]
+
+=============  ==========================================================  =====================================
+name           input                                                       records
+=============  ==========================================================  =====================================
+refcoco        ``refs(unc).p`` + ``instances.json`` + COCO ``train2014/``   one per image, query per sentence
+refcoco+       same (``refs(unc).p``)
+refcocog       same (``refs(umd).p``, ``--split-by google``)
+reasonseg      ``<split>/<name>.jpg`` + LabelMe ``<name>.json``             one per image, query per sentence
+refytvos       ``meta_expressions.json`` + ``JPEGImages`` + PNG annotations  one per video, query per expression
+refdavis       same layout (Ref-DAVIS17)
+mevis          ``meta_expressions.json`` + ``mask_dict.json`` + JPEGImages   one per video, query per expression
+revos          ``meta_expressions_<split>_.json`` + ``mask_dict*.json``      one per video, query per expression
+llava          LLaVA-Instruct conversation JSON + images                   one per image, query per turn pair
+=============  ==========================================================  =====================================
+
+Each module documents its layout and mapping; :mod:`.common` holds the resumable shard runner
+(:func:`~.common.convert_dataset`).
+"""
+
+from .common import Converter, ConvertError, convert_dataset
+from .llava import LLaVAConverter
+from .mevis import MeViSConverter
+from .reasonseg import ReasonSegConverter
+from .refcoco import RefCOCOConverter, RefCOCOgConverter, RefCOCOPlusConverter
+from .refdavis import RefDAVISConverter
+from .refytvos import RefYouTubeVOSConverter
+from .revos import ReVOSConverter
+
+CONVERTERS: dict[str, type[Converter]] = {
+    cls.name: cls
+    for cls in (
+        RefCOCOConverter,
+        RefCOCOPlusConverter,
+        RefCOCOgConverter,
+        ReasonSegConverter,
+        RefYouTubeVOSConverter,
+        RefDAVISConverter,
+        MeViSConverter,
+        ReVOSConverter,
+        LLaVAConverter,
+    )
+}
+
+__all__ = [
+    "CONVERTERS",
+    "ConvertError",
+    "Converter",
+    "LLaVAConverter",
+    "MeViSConverter",
+    "ReVOSConverter",
+    "ReasonSegConverter",
+    "RefCOCOConverter",
+    "RefCOCOPlusConverter",
+    "RefCOCOgConverter",
+    "RefDAVISConverter",
+    "RefYouTubeVOSConverter",
+    "convert_dataset",
+]

@@ -1,0 +1,779 @@
+"""Shared machinery of the dataset converters: input helpers, the converter interface and the resumable shard runner.
+
+A converter (:class:`Converter`) knows one official dataset layout. It checks and loads the top-level metadata in its
+constructor (a problem there raises :class:`ConvertError` naming the file, before any shard is written), lists the
+items of each split in a deterministic order (:meth:`Converter.items`) and turns one item into one record
+(:meth:`Converter.convert`); a per-item problem raises :class:`~datamodules.schema.RecordError`, whose ``reason``
+is counted in the summary. :func:`convert_dataset` does the rest:
+
+* item ``i`` of a split goes to shard ``i // maxcount`` (``<out>/<dataset>-<split>-%06d.tar``), so a shard always
+  holds the same items whatever happened before;
+* each shard is written to ``<shard>.tar.tmp`` through :class:`~datamodules.shards.RecordWriter` (which validates
+  every record) and renamed to its final name once complete; a shard whose final name exists is kept on a re-run,
+  a ``.tmp`` left by an interrupted run is rewritten;
+* the per-shard counts are kept in ``<out>/.convert/`` together with the settings of each shard series; a re-run
+  with other settings (``--maxcount``, options, a changed item list) is refused unless ``overwrite`` is set;
+* the summary (records, frames, queries, objects, queries by type, skipped records and dropped queries by reason)
+  is printed and written to ``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import pickle
+import re
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from ..rle import counts_to_string, encode_rle, rle_size, string_to_counts
+from ..schema import RecordError
+from ..shards import RecordWriter, decode_frame
+
+logger = logging.getLogger("instructseg.convert")
+
+STATE_DIR = ".convert"
+SUMMARY_FILE = "summary.json"
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_+-]")
+
+
+class ConvertError(Exception):
+    """A problem with the top-level input (a missing or malformed metadata file, a bad option): nothing is written."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the top-level inputs
+
+
+def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file.
+
+    Raises:
+        ConvertError: naming ``what`` and the path when it is not.
+    """
+    if not path.is_file():
+        raise ConvertError(f"{what} not found: {path}")
+    return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory.
+
+    Raises:
+        ConvertError: naming ``what`` and the path when it is not.
+    """
+    if not path.is_dir():
+        raise ConvertError(f"{what} not found: {path}")
+    return path
+
+
+def first_existing(candidates: Sequence[Path], what: str) -> Path:
+    """The first of ``candidates`` that exists.
+
+    Raises:
+        ConvertError: listing every candidate when none exists.
+    """
+    for path in candidates:
+        if path.exists():
+            return path
+    raise ConvertError(f"{what} not found; looked for: " + ", ".join(str(p) for p in candidates))
+
+
+def load_json(path: Path, what: str) -> Any:
+    """Parse a JSON file.
+
+    Raises:
+        ConvertError: when the file is missing or is not valid JSON (the message names the file).
+    """
+    require_file(path, what)
+    try:
+        with open(path, "rb") as file:
+            return json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConvertError(f"{what} {path}: malformed JSON ({exc})") from None
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """An unpickler that builds no object: every global lookup (class, function) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"the pickle wants to build '{module}.{name}'; only plain lists, dicts, strings and numbers are allowed"
+        )
+
+
+def load_plain_pickle(path: Path, what: str) -> Any:
+    """Load a pickle that holds only plain data (lists, dicts, tuples, strings, numbers, booleans, None).
+
+    Nothing in the file is imported or called: a pickle that references any class or function (``os.system``,
+    ``numpy.ndarray``, ...) is rejected before it runs.
+
+    Raises:
+        ConvertError: when the file is missing, truncated, not a pickle, or tries to build an object.
+    """
+    require_file(path, what)
+    try:
+        with open(path, "rb") as file:
+            return _PlainDataUnpickler(file, encoding="utf-8").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise ConvertError(f"{what} {path}: rejected, not a plain-data pickle ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-item helpers (raise RecordError: the item is skipped and counted)
+
+
+def sanitize_key(name: str) -> str:
+    """A record key from any name: characters other than letters, digits, ``_``, ``+`` and ``-`` become ``_``."""
+    return _KEY_UNSAFE.sub("_", name) or "_"
+
+
+def unique_keys(names: Sequence[str]) -> list[str]:
+    """Sanitised keys for ``names`` (in order), made unique by a ``-2``, ``-3``, ... suffix on repeats."""
+    used: set[str] = set()
+    keys = []
+    for name in names:
+        base = key = sanitize_key(name)
+        number = 1
+        while key in used:
+            number += 1
+            key = f"{base}-{number}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def _flat_coordinates(polygon: Any, where: str) -> list[float]:
+    if not isinstance(polygon, (list, tuple)):
+        raise RecordError("bad_segmentation", f"{where}: a polygon must be a list of coordinates.")
+    flat: list[Any] = []
+    for value in polygon:
+        if isinstance(value, (list, tuple)):
+            flat.extend(value)
+        else:
+            flat.append(value)
+    if len(flat) % 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        raise RecordError("bad_segmentation", f"{where}: a polygon needs an even number of numeric coordinates.")
+    return [float(v) for v in flat]
+
+
+def polygon_mask(polygons: Sequence[Any], height: int, width: int, where: str) -> np.ndarray:
+    """Rasterise polygons (their union) into a ``(height, width)`` bool mask with PIL.
+
+    Args:
+        polygons: each ``[x1, y1, x2, y2, ...]`` (COCO) or ``[[x1, y1], [x2, y2], ...]`` (LabelMe); polygons with
+            fewer than 3 points are ignored. Pixels on the outline are inside.
+        height: mask height.
+        width: mask width.
+        where: item location for error messages.
+
+    Raises:
+        RecordError: ``"bad_segmentation"`` for a polygon that is not a list of numbers.
+    """
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    for polygon in polygons:
+        coordinates = _flat_coordinates(polygon, where)
+        if len(coordinates) >= 6:
+            draw.polygon(coordinates, fill=1, outline=1)
+    return np.asarray(image, dtype=bool)
+
+
+def checked_rle(rle: Any, height: int, width: int, where: str) -> dict[str, Any]:
+    """Verify a COCO RLE (compressed or uncompressed) without decoding it and return it with string counts.
+
+    The run lengths must be non-negative and cover exactly ``height * width`` pixels.
+
+    Raises:
+        RecordError: ``"bad_rle"`` for a malformed RLE, ``"mask_size"`` when it is not ``height x width``.
+    """
+    try:
+        size = rle_size(rle)
+        raw = rle["counts"]
+        if isinstance(raw, (str, bytes)):
+            counts = string_to_counts(raw)
+        elif all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in raw):
+            counts = [int(c) for c in raw]
+        else:
+            raise ValueError("uncompressed 'counts' must hold only ints.")
+    except ValueError as exc:
+        raise RecordError("bad_rle", f"{where}: {exc}") from None
+    if size != (height, width):
+        raise RecordError("mask_size", f"{where}: the RLE is {list(size)}, the image [{height}, {width}].")
+    if any(c < 0 for c in counts) or sum(counts) != height * width:
+        raise RecordError("bad_rle", f"{where}: the run lengths do not cover the {height}x{width} mask.")
+    text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+    return {"size": [height, width], "counts": text if isinstance(text, str) else counts_to_string(counts)}
+
+
+def coco_segmentation_rle(segmentation: Any, height: int, width: int, where: str) -> dict[str, Any]:
+    """The compressed RLE of a COCO ``segmentation``: a polygon list (empty = empty mask) or an RLE (``iscrowd``).
+
+    Raises:
+        RecordError: ``"bad_segmentation"``, ``"bad_rle"`` or ``"mask_size"``.
+    """
+    if isinstance(segmentation, dict):
+        return checked_rle(segmentation, height, width, where)
+    if isinstance(segmentation, list):
+        return encode_rle(polygon_mask(segmentation, height, width, where))
+    raise RecordError("bad_segmentation", f"{where}: 'segmentation' must be a polygon list or an RLE dict.")
+
+
+@dataclass
+class FrameSet:
+    """The frames of one record, ready for :meth:`~datamodules.shards.RecordWriter.write`.
+
+    Attributes:
+        frames: the original file bytes where the file already has the record's format, else decoded RGB arrays
+            (the writer encodes them).
+        ext: ``"jpg"`` when the first frame is a JPEG, else ``"png"`` (lossless).
+        height: frame height.
+        width: frame width.
+    """
+
+    frames: list[bytes | np.ndarray]
+    ext: str
+    height: int
+    width: int
+
+
+_FORMAT_OF_EXT = {"jpg": "JPEG", "png": "PNG"}
+
+
+def read_frames(paths: Sequence[Path], where: str) -> FrameSet:
+    """Read frame files (headers only, no decoding unless a format change is needed).
+
+    Raises:
+        RecordError: ``"missing_frame"`` (naming the file), ``"bad_frame"`` for an unreadable image, ``"frame_size"``
+            when the frames differ in size.
+    """
+    encoded: list[tuple[bytes, str]] = []
+    size: tuple[int, int] | None = None
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise RecordError("missing_frame", f"{where}: frame file {path} is missing.") from None
+        except OSError as exc:
+            raise RecordError("bad_frame", f"{where}: cannot read {path} ({exc}).") from None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image_format, image_size = image.format, (image.height, image.width)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise RecordError("bad_frame", f"{where}: {path} is not a readable image ({exc}).") from None
+        if size is not None and image_size != size:
+            raise RecordError("frame_size", f"{where}: {path} is {image_size}, the first frame {size}.")
+        size = image_size
+        encoded.append((data, image_format))
+    if size is None:
+        raise RecordError("no_frames", f"{where}: no frames.")
+    ext = "jpg" if encoded[0][1] == "JPEG" else "png"
+    frames = [
+        data if image_format == _FORMAT_OF_EXT[ext] else decode_frame(data, f"{where} frame {index}")
+        for index, (data, image_format) in enumerate(encoded)
+    ]
+    return FrameSet(frames, ext, size[0], size[1])
+
+
+SPLIT_ORDER = ("train", "val", "valid", "valid_u", "test", "testA", "testB", "testC")
+
+
+def ordered_splits(names: Sequence[str]) -> list[str]:
+    """Split names in the usual order (train, val(id), test ...), unknown names last in alphabetical order."""
+    return sorted(set(names), key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
+
+
+def natural_key(name: str) -> tuple[int, int, str]:
+    """Sort key putting numeric names in numeric order before the others (``"2"`` < ``"10"`` < ``"a"``)."""
+    return (0, int(name), name) if name.isdigit() else (1, 0, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The converter interface
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: becomes one record (or is skipped).
+
+    Attributes:
+        key: record key (unique within the split, no ``.``).
+        source: whatever the converter needs to build the record (an id, a file name, ...).
+    """
+
+    key: str
+    source: Any
+
+
+@dataclass
+class Converted:
+    """One converted record: metadata in the shard schema and its frames."""
+
+    meta: dict[str, Any]
+    frames: FrameSet
+
+
+@dataclass
+class Report:
+    """Problems that drop part of an item (a query, an annotation) without skipping the record.
+
+    Attributes:
+        dropped: ``(reason, message)`` in order.
+    """
+
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+    def drop(self, reason: str, message: str) -> None:
+        """Record one dropped query or annotation."""
+        self.dropped.append((reason, message))
+
+
+class Converter(ABC):
+    """Converts one official dataset layout into records (see the module docstring).
+
+    Subclasses set ``name`` (the dataset name in records and shard names), ``task`` and ``default_maxcount``,
+    check their inputs in ``__init__`` (raising :class:`ConvertError`) and implement :meth:`items`,
+    :meth:`convert` and the CLI hooks :meth:`add_arguments` / :meth:`from_args`.
+
+    Attributes:
+        splits: the splits to convert, in order.
+    """
+
+    name: ClassVar[str]
+    task: ClassVar[str]
+    default_maxcount: ClassVar[int] = 1000
+    splits: list[str]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the dataset's own command-line options (``--root``, ``--split`` ... are added by the CLI)."""
+
+    @classmethod
+    @abstractmethod
+    def from_args(cls, args: argparse.Namespace) -> Converter:
+        """Build the converter from parsed command-line arguments."""
+
+    @abstractmethod
+    def items(self, split: str, report: Report) -> list[Item]:
+        """The items of ``split`` in a fixed order; annotations dropped while listing go to ``report``."""
+
+    @abstractmethod
+    def convert(self, split: str, item: Item, report: Report) -> Converted:
+        """One record; raises :class:`~datamodules.schema.RecordError` to skip the item."""
+
+    def options(self) -> dict[str, Any]:
+        """Options that change the records (stored with the shards; a re-run with other options is refused)."""
+        return {}
+
+    def split_info(self, split: str) -> dict[str, Any]:
+        """Extra facts about a split for the summary (e.g. whether it has annotations)."""
+        return {}
+
+    def resolve_splits(self, requested: Sequence[str] | None, available: Sequence[str], where: Path) -> list[str]:
+        """Check the requested splits against those found (all found when none is requested).
+
+        Raises:
+            ConvertError: for an unknown split or when no split is found.
+        """
+        if not available:
+            raise ConvertError(f"{self.name}: no split found in {where}.")
+        if not requested:
+            return list(available)
+        unknown = [s for s in requested if s not in available]
+        if unknown:
+            raise ConvertError(f"{self.name}: split(s) {unknown} not found in {where}; available: {list(available)}.")
+        return list(dict.fromkeys(requested))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Counting
+
+
+@dataclass
+class Stats:
+    """Counts of a shard, a split or a whole run.
+
+    Attributes:
+        records: records written.
+        frames: frames in them.
+        queries: queries in them.
+        objects: objects in them.
+        query_types: queries by type.
+        skipped_records: items that gave no record, by reason.
+        dropped: queries or annotations left out of written records (or of the item list), by reason.
+    """
+
+    records: int = 0
+    frames: int = 0
+    queries: int = 0
+    objects: int = 0
+    query_types: Counter[str] = field(default_factory=Counter)
+    skipped_records: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def add_record(self, meta: dict[str, Any]) -> None:
+        """Count one written record."""
+        self.records += 1
+        self.frames += meta["frames"]
+        self.queries += len(meta["queries"])
+        self.objects += len(meta.get("objects", {}))
+        self.query_types.update(q["type"] for q in meta["queries"])
+
+    def merge(self, other: Stats) -> None:
+        """Add ``other``'s counts."""
+        self.records += other.records
+        self.frames += other.frames
+        self.queries += other.queries
+        self.objects += other.objects
+        self.query_types.update(other.query_types)
+        self.skipped_records.update(other.skipped_records)
+        self.dropped.update(other.dropped)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counts (counters sorted by name)."""
+        return {
+            "records": self.records,
+            "frames": self.frames,
+            "queries": self.queries,
+            "objects": self.objects,
+            "query_types": dict(sorted(self.query_types.items())),
+            "skipped_records": dict(sorted(self.skipped_records.items())),
+            "dropped": dict(sorted(self.dropped.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stats:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            records=data["records"],
+            frames=data["frames"],
+            queries=data["queries"],
+            objects=data["objects"],
+            query_types=Counter(data["query_types"]),
+            skipped_records=Counter(data["skipped_records"]),
+            dropped=Counter(data["dropped"]),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Converting items (optionally in worker processes)
+
+
+@dataclass
+class _Outcome:
+    converted: Converted | None
+    skipped: tuple[str, str] | None
+    dropped: list[tuple[str, str]]
+
+
+def _convert_item(converter: Converter, split: str, item: Item) -> _Outcome:
+    report = Report()
+    try:
+        return _Outcome(converter.convert(split, item, report), None, report.dropped)
+    except RecordError as exc:
+        return _Outcome(None, (exc.reason, exc.message), report.dropped)
+
+
+_WORKER_STATE: tuple[Converter, str, list[Item]] | None = None
+
+
+def _convert_in_worker(index: int) -> _Outcome:
+    assert _WORKER_STATE is not None
+    converter, split, items = _WORKER_STATE
+    return _convert_item(converter, split, items[index])
+
+
+@contextmanager
+def _item_converter(
+    converter: Converter, split: str, items: list[Item], workers: int
+) -> Iterator[Callable[[int, int], Iterator[_Outcome]]]:
+    """A function ``(start, stop) -> outcomes of items[start:stop]`` in order, run in ``workers`` processes.
+
+    Workers are forked so that they share the loaded metadata; without ``fork`` (or with ``workers <= 1``) the items
+    are converted in this process.
+    """
+    global _WORKER_STATE
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield lambda start, stop: (_convert_item(converter, split, items[i]) for i in range(start, stop))
+        return
+    _WORKER_STATE = (converter, split, items)
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        yield lambda start, stop: pool.imap(_convert_in_worker, range(start, stop), chunksize=2)
+    finally:
+        pool.terminate()
+        pool.join()
+        _WORKER_STATE = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing shards
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _shard_writer(tmp_path: Path, count: int) -> RecordWriter:
+    """A :class:`RecordWriter` that writes exactly one shard to ``tmp_path``.
+
+    RecordWriter names its shards ``pattern % shard_number``; the ``%.0s`` field consumes the number and prints
+    nothing, so with room for all ``count`` records in one shard the single shard is ``tmp_path`` itself.
+    """
+    pattern = str(tmp_path).replace("%", "%%") + "%.0s"
+    return RecordWriter(pattern, maxcount=max(count, 1), maxsize=math.inf)
+
+
+@dataclass
+class SplitResult:
+    """What :func:`convert_dataset` did for one split."""
+
+    split: str
+    items: int
+    shards: int
+    resumed: int
+    stats: Stats
+
+
+class _ShardSeries:
+    """The shard series of one split: its items, settings check, resume state and shard writing.
+
+    Args:
+        converter: the dataset converter.
+        split: the split.
+        out: output directory.
+        maxcount: items per shard.
+    """
+
+    def __init__(self, converter: Converter, split: str, out: Path, maxcount: int) -> None:
+        self.converter = converter
+        self.split = split
+        self.out = out
+        self.maxcount = maxcount
+        self.prefix = f"{converter.name}-{split}"
+        self.state = out / STATE_DIR
+        self.scan = Report()
+        self.items = converter.items(split, self.scan)
+        self.num_shards = math.ceil(len(self.items) / maxcount)
+
+    def shard_path(self, index: int) -> Path:
+        return self.out / f"{self.prefix}-{index:06d}.tar"
+
+    def stats_path(self, index: int) -> Path:
+        return self.state / f"{self.prefix}-{index:06d}.json"
+
+    def _series_files(self) -> list[Path]:
+        pattern = re.compile(rf"^{re.escape(self.prefix)}-\d{{6}}\.(tar|tar\.tmp|json|json\.tmp)$")
+        return [p for d in (self.out, self.state) for p in sorted(d.iterdir()) if pattern.match(p.name)]
+
+    def check_settings(self, overwrite: bool) -> None:
+        """Store the series settings; refuse (or with ``overwrite`` clear) shards written with other settings.
+
+        Raises:
+            ConvertError: when the output holds shards of this series written with other settings.
+        """
+        settings = {
+            "dataset": self.converter.name,
+            "split": self.split,
+            "maxcount": self.maxcount,
+            "items": len(self.items),
+            "items_sha1": hashlib.sha1("\n".join(i.key for i in self.items).encode()).hexdigest(),
+            "options": self.converter.options(),
+        }
+        path = self.state / f"{self.prefix}.json"
+        previous = json.loads(path.read_text()) if path.is_file() else None
+        existing = self._series_files()
+        if previous != settings and (existing or previous is not None):
+            if not overwrite:
+                reason = "other settings" if previous is not None else "unknown settings"
+                raise ConvertError(
+                    f"{self.out} holds {self.prefix} shards written with {reason} "
+                    f"(stored: {previous}, now: {settings}); pass --overwrite to replace them or choose another --out."
+                )
+            for stale in existing:
+                stale.unlink()
+        _atomic_write_json(path, settings)
+
+    def finished(self, index: int) -> Stats | None:
+        """The counts of shard ``index`` when it was completed by an earlier run."""
+        shard, stats = self.shard_path(index), self.stats_path(index)
+        if shard.is_file() and stats.is_file():
+            return Stats.from_dict(json.loads(stats.read_text()))
+        return None
+
+    def write(self, index: int, outcomes: Iterator[_Outcome], advance: Callable[[], None]) -> Stats:
+        """Write shard ``index`` from the outcomes of its items (through ``.tmp``, renamed when complete)."""
+        chunk = self.items[index * self.maxcount : (index + 1) * self.maxcount]
+        final = self.shard_path(index)
+        tmp = final.with_name(final.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        stats = Stats()
+        with _shard_writer(tmp, len(chunk)) as writer:
+            for item, outcome in zip(chunk, outcomes, strict=True):
+                for reason, message in outcome.dropped:
+                    self.log_drop(item.key, reason, message)
+                    stats.dropped[reason] += 1
+                if outcome.converted is not None:
+                    record = outcome.converted
+                    try:
+                        writer.write(item.key, record.meta, record.frames.frames, record.frames.ext)
+                    except RecordError as exc:
+                        outcome.skipped = (exc.reason, exc.message)
+                    except ValueError as exc:
+                        outcome.skipped = ("invalid_record", str(exc))
+                    else:
+                        stats.add_record(record.meta)
+                if outcome.skipped is not None:
+                    reason, message = outcome.skipped
+                    name, split = self.converter.name, self.split
+                    logger.warning("%s/%s: skipped %r (%s): %s", name, split, item.key, reason, message)
+                    stats.skipped_records[reason] += 1
+                advance()
+        _atomic_write_json(self.stats_path(index), stats.to_dict())
+        os.replace(tmp, final)
+        return stats
+
+    def log_drop(self, key: str | None, reason: str, message: str) -> None:
+        """Log one dropped query or annotation."""
+        where = f"{self.converter.name}/{self.split}" + (f" {key!r}" if key else "")
+        logger.warning("%s: dropped (%s): %s", where, reason, message)
+
+    def run(self, workers: int, progress: bool) -> SplitResult:
+        """Write the shards not finished by an earlier run; returns the counts of the whole split."""
+        stats = Stats()
+        for reason, message in self.scan.dropped:
+            self.log_drop(None, reason, message)
+            stats.dropped[reason] += 1
+        resumed = 0
+        name = f"{self.converter.name}/{self.split}"
+        bar = tqdm(total=len(self.items), desc=name, unit="item", disable=not progress, leave=False)
+        with bar, _item_converter(self.converter, self.split, self.items, workers) as outcomes:
+            for index in range(self.num_shards):
+                start, stop = index * self.maxcount, min((index + 1) * self.maxcount, len(self.items))
+                shard_stats = self.finished(index)
+                if shard_stats is not None:
+                    resumed += 1
+                    bar.update(stop - start)
+                else:
+                    shard_stats = self.write(index, outcomes(start, stop), lambda: bar.update(1))
+                stats.merge(shard_stats)
+        return SplitResult(self.split, len(self.items), self.num_shards, resumed, stats)
+
+
+def convert_dataset(
+    converter: Converter,
+    out: str | Path,
+    maxcount: int | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Convert every split of ``converter`` into shards under ``out`` and write ``out/summary.json``.
+
+    The items of every split are listed and the stored settings checked before the first shard is written.
+
+    Args:
+        converter: a configured converter (its constructor has checked the top-level inputs).
+        out: output directory (created).
+        maxcount: records per shard (default: the converter's ``default_maxcount``). Fixed per shard series.
+        workers: processes converting items (1 = this process).
+        overwrite: replace shards of the same series written with other settings instead of refusing.
+        progress: show a tqdm progress bar per split.
+        echo: where the summary table is printed (None = nowhere).
+
+    Returns:
+        The summary (as written to ``summary.json``).
+
+    Raises:
+        ConvertError: for bad settings or when ``out`` holds shards written with other settings.
+    """
+    out = Path(out)
+    maxcount = converter.default_maxcount if maxcount is None else maxcount
+    if maxcount < 1:
+        raise ConvertError(f"--maxcount must be at least 1, got {maxcount}.")
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    series = [_ShardSeries(converter, split, out, maxcount) for split in converter.splits]
+    for shard_series in series:
+        shard_series.check_settings(overwrite)
+    results = [shard_series.run(workers, progress) for shard_series in series]
+    elapsed = time.perf_counter() - start
+    summary = _write_summary(converter, out, maxcount, results)
+    if echo is not None:
+        echo(format_summary(converter.name, out, results, elapsed))
+    return summary
+
+
+def _write_summary(converter: Converter, out: Path, maxcount: int, results: list[SplitResult]) -> dict[str, Any]:
+    """Write ``summary.json``, keeping the splits of an earlier run of the same dataset into the same directory."""
+    path = out / SUMMARY_FILE
+    splits: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = {}
+        if isinstance(previous, dict) and previous.get("dataset") == converter.name:
+            splits.update(previous.get("splits", {}))
+    for result in results:
+        splits[result.split] = {
+            "items": result.items,
+            "shards": result.shards,
+            "maxcount": maxcount,
+            **converter.split_info(result.split),
+            **result.stats.to_dict(),
+        }
+    total = Stats()
+    for entry in splits.values():
+        total.merge(Stats.from_dict(entry))
+    summary = {
+        "dataset": converter.name,
+        "task": converter.task,
+        "options": converter.options(),
+        "splits": dict(sorted(splits.items())),
+        "total": total.to_dict(),
+    }
+    _atomic_write_json(path, summary)
+    return summary
+
+
+def _counter_line(label: str, counter: Counter[str]) -> str:
+    return f"{label}: " + (", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none")
+
+
+def format_summary(name: str, out: Path, results: list[SplitResult], elapsed: float) -> str:
+    """A human-readable table of a run."""
+    header = ("split", "items", "records", "frames", "queries", "objects", "shards", "resumed")
+    rows = [
+        (r.split, r.items, r.stats.records, r.stats.frames, r.stats.queries, r.stats.objects, r.shards, r.resumed)
+        for r in results
+    ]
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    lines = [f"{name} -> {out} in {elapsed:.1f} s"]
+    lines += ["  " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in (header, *rows)]
+    total = Stats()
+    for result in results:
+        total.merge(result.stats)
+    lines.append("  " + _counter_line("queries by type", total.query_types))
+    lines.append("  " + _counter_line("skipped records", total.skipped_records))
+    lines.append("  " + _counter_line("dropped queries/annotations", total.dropped))
+    return "\n".join(lines)
