@@ -1,0 +1,587 @@
+"""The Synthetic IVS benchmark: procedural images and videos of coloured shapes with instructed-segmentation queries.
+
+    python -m datamodules.synthetic --out data/synthetic --train 2000 --val 200 --seed 0 [--size 64]
+
+writes ``OUT/train/synthetic-train-*.tar`` and ``OUT/val/synthetic-val-*.tar`` in the shard schema
+(:mod:`datamodules.schema`), PNG frames, records cycling through the tasks ``res``, ``reasonseg``, ``rvos`` and
+``reasonvos``:
+
+* every scene has 3-5 shapes (circle, square, triangle, diamond, star) in 8 colours and two sizes, drawn from a
+  small per-scene palette so that several distractors share attributes with each target; videos (6-8 frames) move
+  some shapes linearly (up / down / left / right) and keep the others still; shapes never overlap;
+* ``res``: referring phrases ("the small red triangle", "the square on the left", "the highest blue shape");
+* ``reasonseg``: questions that need a world fact ("the shape that could roll down a ramp", "the object that is
+  coloured like a ripe banana", "the object that has three corners and is coloured like grass"), with an answer
+  that explains the choice;
+* ``rvos``: referring and motion phrases ("the circle moving up", "the red shape that stays still");
+* ``reasonvos``: reasoning about shape, colour and motion ("the object that is falling like a dropped apple"),
+  ~15% of them no-target queries that describe an absent combination of present attributes.
+
+Every query matches exactly one object (or none for ``no_target``). Generation is deterministic: record ``i`` of a
+split depends only on ``(seed, split, i)``. :func:`trivial_baselines` scores predictions that ignore the query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from .rle import encode_rle
+from .shards import RecordWriter, iter_records
+
+TASK_CYCLE = ("res", "reasonseg", "rvos", "reasonvos")
+SPLITS = {"train": 0, "val": 1}
+NO_TARGET_RATE = 0.15
+MOTION_PREFERENCE = 0.6
+TYPE_IDS = {"referring": 0, "reasoning": 1, "no_target": 2}
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (50, 180, 70),
+    "blue": (40, 90, 235),
+    "yellow": (245, 220, 40),
+    "orange": (245, 135, 25),
+    "purple": (150, 60, 205),
+    "white": (240, 240, 240),
+    "pink": (245, 125, 190),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "star")
+SIZES = {"small": 0.085, "large": 0.15}
+MOTIONS = ("still", "up", "down", "left", "right")
+DIRECTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
+
+# World facts: (clause completing "the object that ...", explanation used in reasonseg answers).
+SHAPE_FACTS = {
+    "circle": [
+        ("could roll down a ramp", "a round shape has no corners, so it rolls"),
+        ("has no corners at all", "a circle is the only shape without corners"),
+        ("is shaped like a wheel", "wheels are round"),
+        ("is shaped like a coin", "coins are round"),
+    ],
+    "square": [
+        ("has four right angles", "a square has four equal sides and four right angles"),
+        ("is shaped like a chessboard tile", "chessboard tiles are squares"),
+    ],
+    "triangle": [
+        ("has three corners", "a triangle has three corners"),
+        ("is shaped like a slice of pizza", "a slice of pizza is roughly triangular"),
+        ("looks like a warning road sign", "warning road signs are triangles"),
+    ],
+    "diamond": [
+        ("is shaped like a kite", "a kite has a diamond shape"),
+        ("looks like the diamonds suit on a playing card", "that suit is a diamond"),
+    ],
+    "star": [
+        ("could sit on top of a christmas tree", "a star is put on top of a christmas tree"),
+        ("has five points", "a star has five points"),
+    ],
+}
+COLOUR_FACTS = {
+    "red": [
+        ("is coloured like a ripe tomato", "ripe tomatoes are red"),
+        ("has the colour of a fire truck", "fire trucks are red"),
+    ],
+    "green": [("is coloured like grass", "grass is green"), ("has the colour of a frog", "frogs are green")],
+    "blue": [
+        ("is coloured like the clear sky", "a clear sky is blue"),
+        ("has the colour of the ocean", "the ocean is blue"),
+    ],
+    "yellow": [
+        ("is coloured like a ripe banana", "ripe bananas are yellow"),
+        ("has the colour of a lemon", "lemons are yellow"),
+    ],
+    "orange": [
+        ("is coloured like a carrot", "carrots are orange"),
+        ("has the colour of a pumpkin", "pumpkins are orange"),
+    ],
+    "purple": [
+        ("is coloured like grapes", "grapes are purple"),
+        ("has the colour of an eggplant", "eggplants are purple"),
+    ],
+    "white": [("is coloured like fresh snow", "snow is white"), ("has the colour of milk", "milk is white")],
+    "pink": [
+        ("is coloured like a flamingo", "flamingos are pink"),
+        ("has the colour of cotton candy", "cotton candy is pink"),
+    ],
+}
+MOTION_FACTS = {
+    "still": [("stays still like a statue", "it does not move"), ("never moves", "it does not move")],
+    "up": [("is rising like a balloon", "it moves up"), ("floats upwards like a bubble", "it moves up")],
+    "down": [("is falling like a dropped apple", "it moves down"), ("sinks like a stone", "it moves down")],
+    "left": [("moves against the direction we read English", "it moves left")],
+    "right": [("moves in the direction we read English", "it moves right")],
+}
+FACTS = {"shape": SHAPE_FACTS, "colour": COLOUR_FACTS, "motion": MOTION_FACTS}
+MOTION_WORDS = {
+    "still": "that stays still",
+    "up": "moving up",
+    "down": "moving down",
+    "left": "moving left",
+    "right": "moving right",
+}
+SPATIAL = {  # direction: (axis, sign, "on the <side>" phrase, superlative)
+    "left": (0, -1, "on the left", "leftmost"),
+    "right": (0, 1, "on the right", "rightmost"),
+    "top": (1, -1, "at the top", "highest"),
+    "bottom": (1, 1, "at the bottom", "lowest"),
+}
+SPATIAL_MARGIN = 0.15
+ATTRIBUTE_SETS = (
+    ("shape",),
+    ("colour",),
+    ("colour", "shape"),
+    ("size", "shape"),
+    ("size", "colour"),
+    ("size", "colour", "shape"),
+)
+
+
+@dataclass
+class Shape:
+    """One object of a scene: attributes and a linear trajectory ``start + t * velocity`` (pixels)."""
+
+    shape: str
+    colour: str
+    size: str
+    radius: float
+    start: np.ndarray
+    velocity: np.ndarray
+    motion: str
+
+    def centre(self, t: int) -> np.ndarray:
+        return self.start + t * self.velocity
+
+    def attr(self, name: str) -> str:
+        return getattr(self, name)
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Vertices of a polygonal shape centred at ``(cx, cy)`` with outer radius ``r``."""
+    if shape == "square":
+        h = 0.82 * r
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + 0.7 * r, cy), (cx, cy + r), (cx - 0.7 * r, cy)]
+    if shape == "triangle":
+        angles = np.deg2rad([-90, 30, 150])
+        return [(cx + r * np.cos(a), cy + 0.15 * r + r * np.sin(a)) for a in angles]
+    angles = np.deg2rad(np.arange(10) * 36 - 90)
+    radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+    return [(cx + q * np.cos(a), cy + q * np.sin(a)) for q, a in zip(radii, angles)]
+
+
+def render_mask(shape: Shape, t: int, size: int) -> np.ndarray:
+    """``(size, size)`` bool mask of ``shape`` on frame ``t``."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    cx, cy = shape.centre(t)
+    if shape.shape == "circle":
+        r = shape.radius
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        draw.polygon(_polygon(shape.shape, cx, cy, shape.radius), fill=255)
+    return np.asarray(canvas) > 0
+
+
+def _place(
+    rng: np.random.Generator, candidate: Shape, placed: list[Shape], size: int, num_frames: int, speed: float
+) -> bool:
+    """Pick a start (and velocity) keeping the whole trajectory inside the image and apart from ``placed``."""
+    steps = num_frames - 1
+    direction = np.array(DIRECTIONS.get(candidate.motion, (0.0, 0.0)))
+    candidate.velocity = direction * speed
+    low, high = candidate.radius + 1, size - candidate.radius - 1
+    for _ in range(60):
+        travel = candidate.velocity * steps
+        lo = np.maximum(low, low - travel)
+        hi = np.minimum(high, high - travel)
+        if np.any(lo >= hi):
+            return False
+        candidate.start = rng.uniform(lo, hi)
+        ok = all(
+            np.linalg.norm(candidate.centre(t) - other.centre(t)) > candidate.radius + other.radius + 2
+            for other in placed
+            for t in range(num_frames)
+        )
+        if ok:
+            return True
+    return False
+
+
+def make_scene(rng: np.random.Generator, size: int, num_frames: int) -> list[Shape]:
+    """3-5 non-overlapping shapes from a small per-scene palette (2-3 shapes, 2-3 colours), in random order.
+
+    In videos (``num_frames > 1``) about 65% of the shapes move in a straight line; no two shapes ever overlap.
+    """
+    while True:
+        shapes = list(rng.choice(SHAPES, size=int(rng.integers(2, 4)), replace=False))
+        colours = list(rng.choice(list(COLOURS), size=int(rng.integers(2, 4)), replace=False))
+        placed: list[Shape] = []
+        for _ in range(int(rng.integers(3, 6))):
+            size_name = str(rng.choice(list(SIZES)))
+            motion = "still" if num_frames == 1 or rng.random() < 0.35 else str(rng.choice(MOTIONS[1:]))
+            candidate = Shape(
+                shape=str(rng.choice(shapes)),
+                colour=str(rng.choice(colours)),
+                size=size_name,
+                radius=SIZES[size_name] * size * rng.uniform(0.9, 1.1),
+                start=np.zeros(2),
+                velocity=np.zeros(2),
+                motion=motion,
+            )
+            if _place(rng, candidate, placed, size, num_frames, speed=size * rng.uniform(0.025, 0.045)):
+                placed.append(candidate)
+        if len(placed) >= 3:
+            return [placed[i] for i in rng.permutation(len(placed))]
+
+
+def _matches(objects: list[Shape], constraints: dict[str, str]) -> list[int]:
+    return [i for i, o in enumerate(objects) if all(o.attr(k) == v for k, v in constraints.items())]
+
+
+def _noun_phrase(constraints: dict[str, str]) -> str:
+    """``"small red triangle"``, ``"red shape"``, ... (no article)."""
+    words = [constraints[k] for k in ("size", "colour") if k in constraints]
+    return " ".join([*words, constraints.get("shape", "shape")])
+
+
+def _extreme(objects: list[Shape], group: list[int], target: int, direction: str, size: int) -> bool:
+    """Whether ``target`` is the most extreme member of ``group`` in ``direction`` by a clear margin (frame 0)."""
+    axis, sign, _, _ = SPATIAL[direction]
+    values = {i: sign * objects[i].centre(0)[axis] for i in group}
+    runner_up = max(v for i, v in values.items() if i != target)
+    return values[target] - runner_up > SPATIAL_MARGIN * size
+
+
+def referring_candidates(objects: list[Shape], target: int, video: bool, size: int) -> dict[str, list[str]]:
+    """Referring phrases that match exactly ``objects[target]``, by kind: ``attribute``, ``motion`` (videos) and
+    ``spatial`` (images)."""
+    phrases: dict[str, list[str]] = {"attribute": [], "motion": [], "spatial": []}
+    obj = objects[target]
+    for names in ATTRIBUTE_SETS:
+        constraints = {k: obj.attr(k) for k in names}
+        group = _matches(objects, constraints)
+        noun = _noun_phrase(constraints)
+        if group == [target]:
+            phrases["attribute"].append(f"the {noun}")
+        if video:
+            if len(group) > 1 and _matches(objects, {**constraints, "motion": obj.motion}) == [target]:
+                phrases["motion"].append(f"the {noun} {MOTION_WORDS[obj.motion]}")
+        elif len(group) > 1:
+            for direction, (_, _, side, superlative) in SPATIAL.items():
+                if _extreme(objects, group, target, direction, size):
+                    phrases["spatial"].append(f"the {noun} {side}" if len(group) == 2 else f"the {superlative} {noun}")
+    if video and _matches(objects, {"motion": obj.motion}) == [target]:
+        phrases["motion"].append(f"the shape {MOTION_WORDS[obj.motion]}")
+    return phrases
+
+
+def _reasoning_text(rng: np.random.Generator, constraints: dict[str, str]) -> tuple[str, list[str]]:
+    """A question built from world facts about the constrained attributes, and the facts' explanations."""
+    clauses, reasons = [], []
+    for name in ("shape", "colour", "motion"):
+        if name in constraints:
+            facts = FACTS[name][constraints[name]]
+            clause, reason = facts[int(rng.integers(len(facts)))]
+            clauses.append(clause)
+            reasons.append(reason)
+    subject = "the object"
+    if "size" in constraints:
+        comparative = "larger" if constraints["size"] == "large" else "smaller"
+        subject = f"the {comparative} object"
+        reasons.append(f"it is the {comparative} one")
+    body = " and ".join(clauses)
+    if rng.random() < 0.3 and "size" not in constraints:
+        return f"Which object {body}?", reasons
+    return f"{subject} that {body}", reasons
+
+
+def _reasoning_constraint_sets(video: bool) -> list[tuple[str, ...]]:
+    sets = [("shape",), ("colour",), ("colour", "shape"), ("size", "shape"), ("size", "colour")]
+    if video:
+        sets += [("motion",), ("motion", "shape"), ("motion", "colour")]
+    return sets
+
+
+def reasoning_candidates(objects: list[Shape], target: int, video: bool) -> list[dict[str, str]]:
+    """Constraint sets over fact-bearing attributes that single out ``objects[target]``."""
+    obj = objects[target]
+    found = []
+    for names in _reasoning_constraint_sets(video):
+        constraints = {k: obj.attr(k) for k in names}
+        if _matches(objects, constraints) != [target]:
+            continue
+        if "size" in constraints:
+            rest = {k: v for k, v in constraints.items() if k != "size"}
+            if len(_matches(objects, rest)) < 2:
+                continue
+        found.append(constraints)
+    return found
+
+
+def no_target_candidates(objects: list[Shape], video: bool) -> list[dict[str, str]]:
+    """Pairs of attribute values that each occur in the scene but never together."""
+    names = ("shape", "colour", "motion") if video else ("shape", "colour")
+    values = {n: sorted({o.attr(n) for o in objects}) for n in names}
+    found = []
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            for a in values[first]:
+                for b in values[second]:
+                    if not _matches(objects, {first: a, second: b}):
+                        found.append({first: a, second: b})
+    return found
+
+
+def _answer(obj: Shape, reasons: list[str]) -> str:
+    return f"It is the {obj.size} {obj.colour} {obj.shape}, because {' and '.join(reasons)}."
+
+
+def _make_query(
+    rng: np.random.Generator, objects: list[Shape], task: str, size: int, target: int, no_target: bool
+) -> dict[str, Any] | None:
+    """One query about ``objects[target]`` (or about nothing), or ``None`` when no phrase singles it out."""
+    video = task in ("rvos", "reasonvos")
+    if no_target:
+        options = no_target_candidates(objects, video)
+        if not options:
+            return None
+        text, _ = _reasoning_text(rng, options[int(rng.integers(len(options)))])
+        return {"text": text, "object_ids": [], "type": "no_target"}
+    if task in ("res", "rvos"):
+        by_kind = referring_candidates(objects, target, video, size)
+        options = [p for phrases in by_kind.values() for p in phrases]
+        if by_kind["motion"] and rng.random() < MOTION_PREFERENCE:
+            options = by_kind["motion"]
+        if not options:
+            return None
+        return {"text": options[int(rng.integers(len(options)))], "object_ids": [str(target)], "type": "referring"}
+    constraint_sets = reasoning_candidates(objects, target, video)
+    if not constraint_sets:
+        return None
+    text, reasons = _reasoning_text(rng, constraint_sets[int(rng.integers(len(constraint_sets)))])
+    query = {"text": text, "object_ids": [str(target)], "type": "reasoning"}
+    if task == "reasonseg":
+        query["answer"] = _answer(objects[target], reasons)
+    return query
+
+
+def make_queries(rng: np.random.Generator, objects: list[Shape], task: str, size: int) -> list[dict[str, Any]]:
+    """2-3 unambiguous queries of the task's kind, each about a different object where possible.
+
+    Targets are drawn uniformly among the objects, so neither the first nor the largest object is usually the
+    target. In ``rvos``, motion phrases are preferred when the target has one; in ``reasonvos`` each query is a
+    no-target query with probability ``NO_TARGET_RATE``.
+    """
+    queries: list[dict[str, Any]] = []
+    for _ in range(int(rng.integers(2, 4))):
+        no_target = task == "reasonvos" and rng.random() < NO_TARGET_RATE
+        for _ in range(4):
+            used = {i for q in queries for i in q["object_ids"]}
+            unused = [i for i in range(len(objects)) if str(i) not in used] or list(range(len(objects)))
+            query = _make_query(rng, objects, task, size, int(rng.choice(unused)), no_target)
+            if query is not None and query["text"] not in {q["text"] for q in queries}:
+                query["id"] = str(len(queries))
+                query["type_id"] = TYPE_IDS[query["type"]]
+                queries.append(query)
+                break
+    return queries
+
+
+def render_frames(objects: list[Shape], num_frames: int, size: int, background: tuple[int, int, int]):
+    """Frames ``[(size, size, 3) uint8]`` and visible masks ``[object][frame] -> (size, size) bool``."""
+    frames, masks = [], [[] for _ in objects]
+    for t in range(num_frames):
+        image = np.empty((size, size, 3), dtype=np.uint8)
+        image[:] = background
+        full = [render_mask(o, t, size) for o in objects]
+        covered = np.zeros((size, size), dtype=bool)
+        for index in reversed(range(len(objects))):
+            masks[index].append(full[index] & ~covered)
+            covered |= full[index]
+        for index, obj in enumerate(objects):
+            image[full[index]] = COLOURS[obj.colour]
+        frames.append(image)
+    return frames, masks
+
+
+def generate_record(rng: np.random.Generator, task: str, size: int) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """One record (metadata in the shard schema, frames) of ``task``."""
+    video = task in ("rvos", "reasonvos")
+    num_frames = int(rng.integers(6, 9)) if video else 1
+    while True:
+        objects = make_scene(rng, size, num_frames)
+        queries = make_queries(rng, objects, task, size)
+        if len(queries) >= 2:
+            break
+    background = tuple(int(v) for v in rng.integers(20, 70, size=3))
+    frames, masks = render_frames(objects, num_frames, size, background)
+    meta = {
+        "dataset": "synthetic",
+        "task": task,
+        "frames": num_frames,
+        "height": size,
+        "width": size,
+        "frame_names": [f"{t:05d}" for t in range(num_frames)],
+        "objects": {
+            str(i): {
+                "masks": [encode_rle(m) for m in masks[i]],
+                "shape": o.shape,
+                "colour": o.colour,
+                "size": o.size,
+                "motion": o.motion,
+            }
+            for i, o in enumerate(objects)
+        },
+        "queries": queries,
+    }
+    return meta, frames
+
+
+def write_split(
+    out_dir: str | Path, split: str, num_records: int, seed: int, size: int = 64, records_per_shard: int = 100
+) -> list[str]:
+    """Write ``num_records`` records of one split as ``out_dir/synthetic-<split>-%06d.tar``; returns the shards."""
+    out_dir = Path(out_dir)
+    with RecordWriter(str(out_dir / f"synthetic-{split}-%06d.tar"), maxcount=records_per_shard) as writer:
+        for index in tqdm(range(num_records), desc=f"synthetic {split}", unit="rec", leave=False):
+            task = TASK_CYCLE[index % len(TASK_CYCLE)]
+            rng = np.random.default_rng([seed, SPLITS[split], index])
+            meta, frames = generate_record(rng, task, size)
+            writer.write(f"synthetic-{split}-{task}-{index:06d}", meta, frames, ext="png")
+    return writer.shards
+
+
+def _prediction(record, strategy: str) -> np.ndarray:
+    """``(T, H, W)`` prediction of a query-blind baseline for a record."""
+    shape = (record.num_frames, *record.size)
+    if strategy == "full":
+        return np.ones(shape, dtype=bool)
+    if strategy == "empty":
+        return np.zeros(shape, dtype=bool)
+    ids = list(record.meta["objects"])
+    stacks = {i: np.stack([record.object_mask(i, t) for t in range(record.num_frames)]) for i in ids}
+    chosen = ids[0] if strategy == "first" else max(ids, key=lambda i: int(stacks[i].sum()))
+    return stacks[chosen]
+
+
+BASELINES: dict[str, str] = {
+    "largest": "largest object",
+    "first": "first object",
+    "full": "full image",
+    "empty": "empty mask",
+}
+
+
+def frame_iou(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame intersection, union and IoU (1 where the union is empty) of ``(T, H, W)`` bool masks."""
+    inter = (pred & target).sum(axis=(1, 2))
+    union = (pred | target).sum(axis=(1, 2))
+    return inter, union, np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def trivial_baselines(val_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Scores of query-blind predictions on a split: the largest object, the first object, the full image, nothing.
+
+    Image tasks: cIoU = ΣI / ΣU and gIoU = mean IoU over queries. Video tasks: J = mean over referring and reasoning
+    queries of the mean per-frame IoU over all frames (no-target queries are left out, as in the ReVOS J).
+
+    Returns:
+        ``{baseline: {"image_cIoU", "image_gIoU", "video_J"}}``.
+    """
+    sums = {name: {"inter": 0, "union": 0, "image_iou": [], "video_j": []} for name in BASELINES}
+    for record in iter_records(str(Path(val_dir) / "*.tar")):
+        frames = range(record.num_frames)
+        predictions = {name: _prediction(record, name) for name in BASELINES}
+        for query in record.queries:
+            target = np.stack([record.target_mask(query["object_ids"], t) for t in frames])
+            for name, pred in predictions.items():
+                inter, union, iou = frame_iou(pred, target)
+                if record.task not in ("rvos", "reasonvos"):
+                    sums[name]["inter"] += int(inter.sum())
+                    sums[name]["union"] += int(union.sum())
+                    sums[name]["image_iou"].append(float(iou.mean()))
+                elif query["type"] != "no_target":
+                    sums[name]["video_j"].append(float(iou.mean()))
+    return {
+        name: {
+            "image_cIoU": s["inter"] / s["union"] if s["union"] else 0.0,
+            "image_gIoU": float(np.mean(s["image_iou"])) if s["image_iou"] else 0.0,
+            "video_J": float(np.mean(s["video_j"])) if s["video_j"] else 0.0,
+        }
+        for name, s in sums.items()
+    }
+
+
+def summarize(split_dir: str | Path) -> dict[str, Counter]:
+    """Counts of records per task and of queries per (task, type) in a split."""
+    records, queries = Counter(), Counter()
+    for record in iter_records(str(Path(split_dir) / "*.tar")):
+        records[record.task] += 1
+        queries.update(f"{record.task}/{q['type']}" for q in record.queries)
+    return {"records": records, "queries": queries}
+
+
+def generate(
+    out: str | Path, train: int, val: int, seed: int = 0, size: int = 64, records_per_shard: int = 100
+) -> dict[str, list[str]]:
+    """Write both splits under ``out``; returns ``{"train": [shards], "val": [shards]}``."""
+    return {
+        split: write_split(Path(out) / split, split, count, seed, size, records_per_shard)
+        for split, count in (("train", train), ("val", val))
+        if count > 0
+    }
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory (train/ and val/ are created)")
+    parser.add_argument("--train", type=int, default=2000, help="training records")
+    parser.add_argument("--val", type=int, default=200, help="validation records")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--records-per-shard", type=int, default=100)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    shards = generate(args.out, args.train, args.val, args.seed, args.size, args.records_per_shard)
+    elapsed = time.perf_counter() - start
+    summary: dict[str, Any] = {"seconds": elapsed, "shards": {k: len(v) for k, v in shards.items()}}
+    for split in shards:
+        counts = summarize(Path(args.out) / split)
+        summary[split] = {k: dict(v) for k, v in counts.items()}
+        echo(
+            f"{split}: {sum(counts['records'].values())} records, {sum(counts['queries'].values())} queries "
+            f"in {len(shards[split])} shards; {json.dumps(dict(sorted(counts['queries'].items())))}"
+        )
+    echo(f"generated in {elapsed:.1f} s")
+    if "val" in shards:
+        baselines = trivial_baselines(Path(args.out) / "val")
+        summary["baselines"] = baselines
+        rows = [
+            [BASELINES[k], *(f"{v[m]:.3f}" for m in ("image_cIoU", "image_gIoU", "video_J"))]
+            for k, v in baselines.items()
+        ]
+        echo(
+            "trivial baselines on val (query-blind):\n"
+            + _table(rows, ["prediction", "image cIoU", "image gIoU", "video J"])
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

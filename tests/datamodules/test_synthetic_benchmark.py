@@ -1,0 +1,141 @@
+"""The Synthetic IVS benchmark: determinism, scene structure, unambiguous queries, low trivial baselines."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules import InstructSegDataModule
+from datamodules.shards import iter_records
+from datamodules.synthetic import (
+    COLOURS,
+    FACTS,
+    MOTION_WORDS,
+    SHAPES,
+    SIZES,
+    SPATIAL,
+    generate,
+    main,
+    trivial_baselines,
+)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.tar"))}
+
+
+def test_deterministic_bytes(tmp_path, synthetic_dir):
+    generate(tmp_path / "same", train=48, val=40, seed=0, size=64, records_per_shard=8)
+    assert digest(tmp_path / "same") == digest(synthetic_dir)
+    generate(tmp_path / "other", train=8, val=0, seed=1, size=64, records_per_shard=8)
+    assert digest(tmp_path / "other") != digest(tmp_path / "same" / "train")
+
+
+def all_records(synthetic_dir):
+    return [r for split in ("train", "val") for r in iter_records(str(synthetic_dir / split / "*.tar"))]
+
+
+def test_scene_structure(synthetic_dir):
+    records = all_records(synthetic_dir)
+    assert len(records) == 88
+    tasks = {r.task for r in records}
+    assert tasks == {"res", "reasonseg", "rvos", "reasonvos"}
+    for record in records:
+        video = record.task in ("rvos", "reasonvos")
+        assert (6 <= record.num_frames <= 8) if video else record.num_frames == 1
+        assert record.size == (64, 64) and 3 <= len(record.meta["objects"]) <= 5
+        frame = record.frames[record.num_frames - 1]
+        for t in range(record.num_frames):
+            masks = np.stack([record.object_mask(i, t) for i in record.meta["objects"]])
+            assert masks.sum(axis=(1, 2)).min() > 10  # every shape fully visible
+            assert masks.sum(axis=0).max() == 1  # shapes never overlap
+        for object_id, entry in record.meta["objects"].items():
+            mask = record.object_mask(object_id, record.num_frames - 1)
+            assert (frame[mask] == COLOURS[entry["colour"]]).all()  # masks are pixel-exact
+        assert 2 <= len(record.queries) <= 3
+        for query in record.queries:
+            assert len(query["object_ids"]) == (0 if query["type"] == "no_target" else 1)
+            assert ("answer" in query) == (record.task == "reasonseg")
+    queries = [(r.task, q["type"]) for r in records for q in r.queries]
+    no_target = sum(t == "no_target" for _, t in queries)
+    reasonvos = sum(task == "reasonvos" for task, _ in queries)
+    assert 0 < no_target < 0.35 * reasonvos
+    assert {t for task, t in queries if task != "reasonvos"} <= {"referring", "reasoning"}
+    moving = [o["motion"] for r in records for o in r.meta["objects"].values() if r.num_frames > 1]
+    assert 0.2 < moving.count("still") / len(moving) < 0.6
+
+
+def centre(record, object_id, axis):
+    ys, xs = np.nonzero(record.object_mask(object_id, 0))
+    return (xs if axis == 0 else ys).mean()
+
+
+def interpret(record, text):
+    """Object ids that an independent reading of ``text`` (attribute words, facts, motion, position) selects."""
+    objects = record.meta["objects"]
+    words = text.rstrip("?").split()
+    constraints = {}
+    for name, vocabulary in (("colour", COLOURS), ("shape", SHAPES), ("size", SIZES)):
+        constraints.update({name: w for w in words if w in vocabulary})
+    constraints.update({"motion": m for m, phrase in MOTION_WORDS.items() if text.endswith(phrase)})
+    for name, table in FACTS.items():
+        constraints.update({name: value for value, facts in table.items() for clause, _ in facts if clause in text})
+    relative = {"larger": "large", "smaller": "small"}.get(words[1]) if len(words) > 1 else None
+    candidates = [i for i, o in objects.items() if all(o[k] == v for k, v in constraints.items())]
+    if relative:
+        candidates = [i for i in candidates if objects[i]["size"] == relative]
+    for _, (axis, sign, side, superlative) in SPATIAL.items():
+        if text.endswith(side) or superlative in words:
+            candidates = [max(candidates, key=lambda i: sign * centre(record, i, axis))]
+    return candidates
+
+
+def test_queries_are_unambiguous(synthetic_dir):
+    checked = 0
+    for record in all_records(synthetic_dir):
+        for query in record.queries:
+            assert interpret(record, query["text"]) == query["object_ids"], (record.key, query)
+            checked += 1
+    assert checked > 150
+
+
+def test_trivial_baselines_are_low(synthetic_dir):
+    scores = trivial_baselines(synthetic_dir / "val")
+    assert set(scores) == {"largest", "first", "full", "empty"}
+    for name, values in scores.items():
+        assert values["image_cIoU"] < 0.4 and values["video_J"] < 0.4, (name, values)
+    assert scores["empty"]["image_cIoU"] == 0.0 and scores["full"]["image_cIoU"] < 0.1
+
+
+def test_cli_summary(tmp_path):
+    lines = []
+    summary = main(
+        ["--out", str(tmp_path), "--train", "8", "--val", "8", "--records-per-shard", "4"], echo=lines.append
+    )
+    assert summary["shards"] == {"train": 2, "val": 2}
+    assert summary["train"]["records"] == {"res": 2, "reasonseg": 2, "rvos": 2, "reasonvos": 2}
+    assert any("| largest object |" in line for line in lines)
+
+
+@pytest.mark.parametrize("clip_sampling", ["sparse", "global_local"])
+def test_datamodule_on_synthetic(synthetic_dir, tokenizer_dir, clip_sampling):
+    module = InstructSegDataModule(
+        train=[{"name": "synthetic", "urls": str(synthetic_dir / "train" / "*.tar")}],
+        val=[{"name": "synthetic", "urls": str(synthetic_dir / "val" / "*.tar")}],
+        tokenizer_path=tokenizer_dir,
+        mask_size=64,
+        clip_size=64,
+        num_ref_frames=2,
+        batch_size=8,
+        num_workers=0,
+        epoch_length=16,
+        clip_sampling=clip_sampling,
+    )
+    module.setup("fit")
+    batches = list(module.train_dataloader())
+    assert len(batches) == 2
+    assert batches[0]["pixel_values"].shape == (8, 3, 64, 64)
+    assert all(batch["has_target"][[t != "no_target" for t in batch["query_type"]]].all() for batch in batches)
+    val = next(iter(module.val_dataloader()))
+    assert val["clip_pixel_values"].shape[2:] == (3, 64, 64)
