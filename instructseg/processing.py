@@ -115,7 +115,7 @@ def mask_branch_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple
         ``(3, S, S)`` float tensor and the valid (unpadded) ``(h, w)`` region.
     """
     h, w = longest_side_size(image.shape[0], image.shape[1], size)
-    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     pixels = _normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), MASK_PIXEL_MEAN, MASK_PIXEL_STD)
     out = torch.zeros(3, size, size)
     out[:, :h, :w] = pixels
@@ -124,7 +124,7 @@ def mask_branch_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple
 
 def clip_branch_input(image: np.ndarray, size: int) -> torch.Tensor:
     """Plain resize to ``size x size`` and SigLIP normalisation: ``(H, W, 3)`` uint8 → ``(3, S, S)`` float."""
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+    resized = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC))
     pixels = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
     return _normalize(pixels, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD)
 

@@ -15,6 +15,7 @@ threshold).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -134,7 +135,7 @@ class InstructSeg(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: InstructSegConfig, weights: bool = True, dtype: torch.dtype | None = None
+        cls, config: InstructSegConfig, weights: bool = True, dtype: torch.dtype | None = None, with_lora: bool = True
     ) -> InstructSeg:
         """Load the three pretrained parts from the paths in ``config`` and build the model.
 
@@ -142,6 +143,7 @@ class InstructSeg(nn.Module):
             config: model configuration (paths are hub ids or local directories).
             weights: load pretrained weights (False: architectures only, e.g. before loading an export).
             dtype: dtype of the frozen pretrained parts (e.g. ``torch.bfloat16`` on GPU); trainable parts stay fp32.
+            with_lora: wrap the LM with LoRA (False for exports whose LoRA is merged).
         """
         from transformers import AutoModelForCausalLM, Mask2FormerModel, SiglipVisionModel
 
@@ -151,18 +153,26 @@ class InstructSeg(nn.Module):
         siglip = load_part(SiglipVisionModel, config.vision.siglip_path, "siglip", weights, **kwargs)
         lm = load_part(AutoModelForCausalLM, config.llm.path, "llm", weights, **kwargs)
         mask2former = load_part(Mask2FormerModel, config.mask.mask2former_path, "mask2former", weights, **kwargs)
-        return cls(config, siglip, lm, dict(zip(SPECIAL_TOKENS, ids)), mask2former, tokenizer=tokenizer)
+        return cls(config, siglip, lm, dict(zip(SPECIAL_TOKENS, ids)), mask2former, with_lora, tokenizer)
 
     @classmethod
-    def full_size_on_meta(cls, config: InstructSegConfig | None = None) -> InstructSeg:
-        """Build the paper-size model on the ``meta`` device (no weights, no download) for counting/planning."""
+    def full_size_on_meta(cls, config: InstructSegConfig | None = None, tokenizer=None) -> InstructSeg:
+        """Build the paper-size model on the ``meta`` device (no weights, no download) for counting/planning.
+
+        ``tokenizer`` is an optional stand-in tokenizer (e.g. for timing with random weights): the model then uses its
+        special-token ids, which must fall inside Phi-2's vocabulary.
+        """
         from transformers import Mask2FormerModel, PhiForCausalLM, SiglipVisionModel
 
         config = config or InstructSegConfig.from_name("instructseg-phi2")
         hf = full_size_hf_configs()
         vocab = hf["llm"].vocab_size
-        ids = {token: 50295 + i for i, token in enumerate(SPECIAL_TOKENS)}  # Phi-2 tokenizer has 50295 tokens
-        assert max(ids.values()) < vocab
+        if tokenizer is None:
+            ids = {token: 50295 + i for i, token in enumerate(SPECIAL_TOKENS)}  # Phi-2 tokenizer has 50295 tokens
+        else:
+            ids = dict(zip(SPECIAL_TOKENS, add_instructseg_tokens(tokenizer)))
+        if max(ids.values()) >= vocab:
+            raise ValueError(f"tokenizer: special-token ids {sorted(ids.values())} are outside the vocabulary {vocab}.")
         with torch.device("meta"):
             return cls(
                 config,
@@ -170,7 +180,15 @@ class InstructSeg(nn.Module):
                 PhiForCausalLM(hf["llm"]),
                 ids,
                 Mask2FormerModel(hf["mask2former"]),
+                tokenizer=tokenizer,
             )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> InstructSeg:
+        """Load an exported directory strictly (see :func:`instructseg.export.load_export` for ``kwargs``)."""
+        from instructseg.export import load_export
+
+        return load_export(path, **kwargs)
 
     def encode_frames(
         self, clip_pixel_values: torch.Tensor | None, mask_pixel_values: torch.Tensor | None = None
@@ -221,9 +239,18 @@ class InstructSeg(nn.Module):
         ovp_mask = ref_mask.repeat_interleave(self.perceiver.num_latents, dim=1)  # (B, R*K)
         return self.llm(input_ids, attention_mask, instruction_mask, ovp, ovp_mask, key_tokens, labels)
 
-    def decode_masks(self, pyramid: list[torch.Tensor], co: CoDecodeOutput) -> MaskPrediction:
-        """Stage 3: mask logits and scores for each frame of ``pyramid`` (batch rows aligned with ``co``)."""
-        mask_features, multi_scale = self.pixel_decoder(pyramid)
+    def decode_masks(
+        self,
+        pyramid: list[torch.Tensor],
+        co: CoDecodeOutput,
+        pixel_features: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+    ) -> MaskPrediction:
+        """Stage 3: mask logits and scores for each frame of ``pyramid`` (batch rows aligned with ``co``).
+
+        ``pixel_features`` is ``self.pixel_decoder(pyramid)`` when already computed (it depends on the frames only,
+        so several instructions decoded on the same frames share it).
+        """
+        mask_features, multi_scale = pixel_features or self.pixel_decoder(pyramid)
         classifier = self.fusion(pyramid[-1], co.text_global, co.text_detailed, co.text_mask)  # (B, C)
         return self.mask_decoder(multi_scale, mask_features, co.mask_queries.to(mask_features.dtype), classifier)
 

@@ -1,0 +1,395 @@
+"""Inference API: segment what a text instruction points at in an image or a video.
+
+    predictor = InstructSegPredictor.from_pretrained("exports/instructseg")       # or a training .ckpt
+    pred = predictor.predict_image("photo.jpg", "the dog on the left")          # .mask (H, W) bool, .score
+    video = predictor.predict_video("frames/", ["the red car", "what is flying?"], task="reasonvos")
+
+Legend: T frames, R = ``config.num_reference_frames``, N SigLIP tokens, D LLM width, B frames in a chunk.
+
+Video strategies (``predict_video(strategy=...)``):
+
+* ``"per_frame"`` (default): the paper's protocol (``reference/instructseg-reference.md`` §7.3): every frame t is a
+  key frame with the reference frames of :func:`reference_frames_for_key` (``t-2, t-1, t+1, t+2`` for R = 4, shifted
+  inwards at the boundaries, repeated for short videos), one LLM pass per (frame, instruction). Each frame is encoded
+  **once** (SigLIP and Swin, batched over chunks of frames) and the LLM passes of a chunk run as one batch. Memory
+  is bounded: SigLIP tokens live in a sliding window of ``chunk_size + 2R`` frames and the Swin pyramid of a chunk is
+  dropped once its masks are decoded.
+* ``"shared"``: one LLM pass per (video, instruction) with the middle frame as key and
+  :func:`global_reference_frames` as references; every frame then only runs the mask decoder. Fastest.
+* ``"naive"``: the reference loop, one full forward per (frame, instruction) that re-encodes its 1 + R frames. Same
+  masks as ``"per_frame"``; kept for benchmarks and equality tests.
+
+Several instructions reuse the encoded frames (and the pixel decoder's features); each frame is encoded once however
+many instructions there are. Masks come back at the original resolution of the input. CPU by default; any device
+on request, with ``dtype=torch.bfloat16`` / ``torch.float16`` running under autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from instructseg.export import load_export, load_training_checkpoint
+from instructseg.modeling.instructseg import InstructSeg, Selection
+from instructseg.modeling.llm import CoDecodeOutput
+from instructseg.processing import (
+    VIDEO_TASKS,
+    clip_branch_input,
+    collate_tokens,
+    longest_side_size,
+    mask_branch_input,
+    postprocess_mask_logits,
+    tokenize_query,
+)
+from instructseg.video_io import ImageInput, InputError, VideoFrames, open_video
+
+STRATEGIES = ("per_frame", "shared", "naive")
+IMAGE_TASKS = ("res", "reasonseg")
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+PREPROCESS_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def reference_frames_for_key(n: int, key: int, num_ref: int) -> list[int]:
+    """Reference frames of key frame ``key`` in an ``n``-frame video (inference protocol, ascending time).
+
+    The window of ``num_ref + 1`` consecutive frames centred on ``key`` (``t-2 .. t+2`` for ``num_ref = 4``), shifted
+    inwards at the video boundaries, minus the key itself; shorter videos repeat frames evenly so that exactly
+    ``num_ref`` indices come back (a 1-frame video gives ``[0] * num_ref``).
+    """
+    if n < 1 or num_ref < 1 or not 0 <= key < n:
+        raise ValueError(
+            f"reference_frames_for_key: need n >= 1, num_ref >= 1 and 0 <= key < n; got {n, num_ref, key}."
+        )
+    start = min(max(0, key - num_ref // 2), max(0, n - num_ref - 1))
+    refs = [i for i in range(start, min(n, start + num_ref + 1)) if i != key] or [key]
+    return [refs[i * len(refs) // num_ref] for i in range(num_ref)]
+
+
+def global_reference_frames(n: int, num_ref: int) -> list[int]:
+    """``num_ref`` frame indices evenly spread over an ``n``-frame video (first and last included)."""
+    if n < 1 or num_ref < 1:
+        raise ValueError(f"global_reference_frames: need n >= 1 and num_ref >= 1, got {n}, {num_ref}.")
+    return [int(i) for i in np.linspace(0, n - 1, num_ref).round()]
+
+
+@dataclass
+class ImagePrediction:
+    """One instruction on one image.
+
+    Attributes:
+        mask: ``(H, W)`` bool at the original resolution (empty when ``no_target``).
+        score: sigmoid score of the selected query.
+        no_target: the score is below the no-target threshold.
+    """
+
+    mask: np.ndarray
+    score: float
+    no_target: bool
+
+
+@dataclass
+class VideoPrediction:
+    """One instruction on a video.
+
+    Attributes:
+        masks: ``(T, H, W)`` bool at the original resolution.
+        scores: ``(T,)`` float32 sigmoid scores of the selected queries.
+        no_target: ``(T,)`` bool.
+        frame_names: T frame names (file stems for folders, ``00000``... otherwise).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    no_target: np.ndarray
+    frame_names: list[str]
+
+
+class _Frames:
+    """Reads and preprocesses frames of one video, checking that they all have the same size."""
+
+    def __init__(self, frames: VideoFrames, clip_size: int, mask_size: int, device: torch.device) -> None:
+        self.frames, self.clip_size, self.mask_size, self.device = frames, clip_size, mask_size, device
+        self.hw: tuple[int, int] | None = None
+        self.valid_hw: tuple[int, int] | None = None
+
+    def prepare(
+        self, indices: Sequence[int], clip: bool = True, mask: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """SigLIP inputs ``(F, 3, S_clip, S_clip)`` and mask-branch inputs ``(F, 3, S_mask, S_mask)`` on device.
+
+        Frames are decoded and resized in a thread pool (Pillow releases the GIL). ``clip`` / ``mask`` = False skips
+        that branch (``None`` is returned in its place).
+        """
+
+        def one(index: int) -> tuple[tuple[int, int], torch.Tensor | None, torch.Tensor | None]:
+            frame = self.frames[index]
+            clip_input = clip_branch_input(frame, self.clip_size) if clip else None
+            return frame.shape[:2], clip_input, mask_branch_input(frame, self.mask_size)[0] if mask else None
+
+        with ThreadPoolExecutor(max(1, min(PREPROCESS_WORKERS, len(indices)))) as pool:
+            prepared = list(pool.map(one, indices))
+        for index, (hw, _, _) in zip(indices, prepared):
+            if self.hw is None:
+                self.hw, self.valid_hw = hw, longest_side_size(*hw, self.mask_size)
+            elif hw != self.hw:
+                raise InputError(
+                    f"video frame {index} is {hw[1]}x{hw[0]}, frame 0 is {self.hw[1]}x{self.hw[0]}; all frames must "
+                    "have the same size."
+                )
+        _, clips, masks = zip(*prepared)
+        return tuple(torch.stack(x).to(self.device) if wanted else None for wanted, x in ((clip, clips), (mask, masks)))
+
+
+class InstructSegPredictor:
+    """Image and video segmentation from text instructions with an :class:`InstructSeg` model.
+
+    Args:
+        model: the model (moved to ``device`` and put in eval mode).
+        device: where inference runs.
+        dtype: ``None`` / ``torch.float32`` (full precision) or ``torch.bfloat16`` / ``torch.float16`` (autocast).
+    """
+
+    def __init__(self, model: InstructSeg, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+        if dtype not in (None, torch.float32, *AUTOCAST_DTYPES):
+            raise ValueError(f"dtype: expected None, float32, bfloat16 or float16, got {dtype}.")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.autocast_dtype = dtype if dtype in AUTOCAST_DTYPES else None
+        self.config = model.config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        config_overrides: dict | None = None,
+    ) -> InstructSegPredictor:
+        """Load an export directory (:func:`~instructseg.export.load_export`) or a training ``.ckpt``.
+
+        ``config_overrides`` (training checkpoints only) is merged into the stored model config, e.g. to point the
+        pretrained paths at this machine's copies.
+        """
+        path = Path(path)
+        if path.is_dir():
+            model = load_export(path)
+        elif path.is_file():
+            model = load_training_checkpoint(path, config_overrides)
+        else:
+            raise FileNotFoundError(f"No export directory or training checkpoint at {path}.")
+        return cls(model, device, dtype)
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        dtype = self.autocast_dtype
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            yield
+
+    def _queries(self, texts: list[str], task: str) -> list[dict[str, torch.Tensor]]:
+        """One ``(1, L_t)`` token batch (input_ids, attention_mask, instruction_mask) per instruction."""
+        tok = self.model.tokenizer
+        out = []
+        for text in texts:
+            batch = collate_tokens([tokenize_query(tok, task, text)], tok.pad_token_id)
+            out.append({k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "instruction_mask")})
+        return out
+
+    def _to_masks(self, selection: Selection, frames: _Frames) -> np.ndarray:
+        """Selected mask logits ``(B, h, w)`` → ``(B, H, W)`` bool masks at the original resolution."""
+        out = np.zeros((selection.mask_logits.shape[0], *frames.hw), dtype=bool)
+        for row in np.flatnonzero(~selection.no_target.cpu().numpy()):
+            logits = postprocess_mask_logits(selection.mask_logits[row], frames.valid_hw, frames.mask_size, frames.hw)
+            out[row] = (logits > 0).cpu().numpy()
+        return out
+
+    def predict_image(
+        self, image: ImageInput, text: str | Sequence[str], task: str = "res", threshold: float | None = None
+    ) -> ImagePrediction | list[ImagePrediction]:
+        """Segment ``image`` for one instruction (→ one prediction) or several (→ a list; the image is encoded once).
+
+        Args:
+            image: path, PIL image, ``(H, W[, C])`` NumPy array or torch tensor (see :mod:`instructseg.video_io`).
+            text: instruction(s).
+            task: ``"res"`` (referring phrase) or ``"reasonseg"`` (implicit question).
+            threshold: no-target threshold on the score (default ``config.decoder.no_target_threshold``).
+        """
+        texts = _as_texts(text)
+        _check_task(task, IMAGE_TASKS)
+        queries = self._queries(texts, task)
+        frames = _Frames(VideoFrames([image], ["image"]), *self._sizes(), self.device)
+        results = []
+        with self._inference():
+            features = self.model.encode_frames(*frames.prepare([0]))
+            key = features.clip_tokens  # (1, N, D); the image is its own reference frame
+            pixel = self.model.pixel_decoder(features.pyramid)
+            for query in queries:
+                co = self.model.co_decode(key, key[:, None], **query)
+                selection = self.model.select(self.model.decode_masks(features.pyramid, co, pixel), threshold)
+                mask = self._to_masks(selection, frames)[0]
+                results.append(ImagePrediction(mask, float(selection.score[0]), bool(selection.no_target[0])))
+        return results[0] if isinstance(text, str) else results
+
+    def _sizes(self) -> tuple[int, int]:
+        return self.config.vision.image_size, self.config.mask.image_size
+
+    def predict_video(
+        self,
+        video: Sequence[ImageInput] | np.ndarray | torch.Tensor | str | Path,
+        text: str | Sequence[str],
+        strategy: str = "per_frame",
+        task: str = "rvos",
+        chunk_size: int = 16,
+        threshold: float | None = None,
+        progress: bool = False,
+    ) -> VideoPrediction | list[VideoPrediction]:
+        """Segment every frame of ``video`` for one instruction (→ one prediction) or several (→ a list).
+
+        Args:
+            video: frames, a folder of frames, a GIF / MP4 file or a ``(T, ...)`` array (see :func:`open_video`).
+            text: instruction(s); all of them reuse the encoded frames.
+            strategy: ``"per_frame"``, ``"shared"`` or ``"naive"`` (see the module docstring).
+            task: ``"rvos"`` (referring phrase) or ``"reasonvos"`` (implicit question).
+            chunk_size: frames encoded and decoded together (bounds memory).
+            threshold: no-target threshold on the score (default ``config.decoder.no_target_threshold``).
+            progress: show a tqdm progress bar.
+        """
+        texts = _as_texts(text)
+        _check_task(task, VIDEO_TASKS)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}.")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}.")
+        queries = self._queries(texts, task)
+        frames = _Frames(open_video(video), *self._sizes(), self.device)
+        n = len(frames.frames)
+        collected = _Collector(len(queries), n)
+        run = {"per_frame": self._run_per_frame, "shared": self._run_shared, "naive": self._run_naive}[strategy]
+        with self._inference(), tqdm(total=n * len(queries), disable=not progress, unit="frame") as bar:
+
+            def emit(k: int, keys: Sequence[int], selection: Selection) -> None:
+                collected.add(k, keys, self._to_masks(selection, frames), selection)
+                bar.update(len(keys))
+
+            run(frames, queries, chunk_size, threshold, emit)
+        results = [VideoPrediction(*collected.result(k), frames.frames.names) for k in range(len(queries))]
+        return results[0] if isinstance(text, str) else results
+
+    def _decode_chunk(
+        self,
+        keys: Sequence[int],
+        pyramid: list[torch.Tensor],
+        co_for_query: Callable[[int], CoDecodeOutput],
+        num_queries: int,
+        threshold: float | None,
+        emit: Callable,
+    ) -> None:
+        """Stage 3 for the frames ``keys`` (rows of ``pyramid``): the pixel decoder once, then each instruction."""
+        pixel = self.model.pixel_decoder(pyramid)
+        for k in range(num_queries):
+            prediction = self.model.decode_masks(pyramid, co_for_query(k), pixel)
+            emit(k, keys, self.model.select(prediction, threshold))
+
+    def _run_per_frame(
+        self, frames: _Frames, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
+    ) -> None:
+        """Cached + batched paper protocol; SigLIP tokens kept in a sliding window, Swin per chunk."""
+        n, r = len(frames.frames), self.config.num_reference_frames
+        needs = [[t, *reference_frames_for_key(n, t, r)] for t in range(n)]
+        tokens: dict[int, torch.Tensor] = {}  # frame -> (N, D)
+        mask_inputs: dict[int, torch.Tensor] = {}  # frame -> (3, S_mask, S_mask), read ahead with its tokens
+        next_read = 0
+        for start in range(0, n, chunk):
+            keys = range(start, min(n, start + chunk))
+            read_to = max(max(needs[t]) for t in keys) + 1
+            if read_to > next_read:
+                new = range(next_read, read_to)
+                clip, masks = frames.prepare(new)
+                tokens.update(zip(new, self.model.encode_frames(clip).clip_tokens))
+                mask_inputs.update(zip(new, masks))
+                next_read = read_to
+            pyramid = self.model.encode_frames(None, torch.stack([mask_inputs.pop(t) for t in keys])).pyramid
+            key = torch.stack([tokens[t] for t in keys])  # (B, N, D)
+            refs = torch.stack([torch.stack([tokens[i] for i in needs[t][1:]]) for t in keys])  # (B, R, N, D)
+            batched = [{name: v.expand(len(keys), -1) for name, v in query.items()} for query in queries]
+            self._decode_chunk(
+                keys, pyramid, lambda k: self.model.co_decode(key, refs, **batched[k]), len(queries), threshold, emit
+            )
+            keep_from = min(min(needs[t]) for t in range(keys.stop, n)) if keys.stop < n else n
+            for index in [i for i in tokens if i < keep_from]:
+                del tokens[index]
+
+    def _run_shared(
+        self, frames: _Frames, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
+    ) -> None:
+        """One LLM pass per instruction (middle key frame, global references), then the mask decoder per chunk."""
+        n, r = len(frames.frames), self.config.num_reference_frames
+        key_index, ref_indices = n // 2, global_reference_frames(n, r)
+        encoded = sorted({key_index, *ref_indices})
+        tokens = dict(zip(encoded, self.model.encode_frames(frames.prepare(encoded, mask=False)[0]).clip_tokens))
+        key = tokens[key_index][None]  # (1, N, D)
+        refs = torch.stack([tokens[i] for i in ref_indices])[None]  # (1, R, N, D)
+        shared = [self.model.co_decode(key, refs, **query) for query in queries]
+        for start in range(0, n, chunk):
+            keys = range(start, min(n, start + chunk))
+            pyramid = self.model.encode_frames(None, frames.prepare(keys, clip=False)[1]).pyramid
+            rows = [0] * len(keys)
+            self._decode_chunk(keys, pyramid, lambda k: shared[k].index(rows), len(queries), threshold, emit)
+
+    def _run_naive(
+        self, frames: _Frames, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
+    ) -> None:
+        """The reference loop: a full forward per (frame, instruction) re-encoding its 1 + R frames.
+
+        Frames are preprocessed once up front (as the reference does); only the model work is repeated.
+        """
+        n, r = len(frames.frames), self.config.num_reference_frames
+        clip, masks = frames.prepare(range(n))
+        for k, query in enumerate(queries):
+            for t in range(n):
+                clip_frames = [t, *reference_frames_for_key(n, t, r)]
+                batch = {**query, "clip_pixel_values": clip[clip_frames][None], "pixel_values": masks[t][None]}
+                emit(k, [t], self.model.select(self.model(batch).prediction, threshold))
+
+
+class _Collector:
+    """Per-instruction ``(T, H, W)`` masks, scores and no-target flags filled chunk by chunk."""
+
+    def __init__(self, num_queries: int, num_frames: int) -> None:
+        self.masks: list[np.ndarray | None] = [None] * num_queries
+        self.scores = np.zeros((num_queries, num_frames), dtype=np.float32)
+        self.no_target = np.zeros((num_queries, num_frames), dtype=bool)
+
+    def add(self, k: int, keys: Sequence[int], masks: np.ndarray, selection: Selection) -> None:
+        if self.masks[k] is None:
+            self.masks[k] = np.zeros((self.scores.shape[1], *masks.shape[1:]), dtype=bool)
+        index = list(keys)
+        self.masks[k][index] = masks
+        self.scores[k, index] = selection.score.float().cpu().numpy()
+        self.no_target[k, index] = selection.no_target.cpu().numpy()
+
+    def result(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.masks[k], self.scores[k], self.no_target[k]
+
+
+def _as_texts(text: str | Sequence[str]) -> list[str]:
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise InputError("text: give at least one instruction.")
+    for item in texts:
+        if not isinstance(item, str) or not item.strip():
+            raise InputError(f"text: every instruction must be a non-empty string, got {item!r}.")
+    return texts
+
+
+def _check_task(task: str, allowed: tuple[str, ...]) -> None:
+    if task not in allowed:
+        raise ValueError(f"task: expected one of {allowed} here, got {task!r}.")
