@@ -10,6 +10,10 @@ from instructseg.modeling.instructseg import InstructSeg
 from instructseg.processing import collate_tokens, tokenize_query
 from instructseg.tiny import save_tiny_pretrained
 
+# The tiny models are dominated by small ops, which run several times slower when two threads contend for the
+# two cores of the CI machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
