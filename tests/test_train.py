@@ -97,12 +97,18 @@ def test_fit_smoke_and_exact_resume(tiny_root, synthetic_dir, tmp_path):
 
 
 def test_checkpoint_from_another_preset_is_rejected(tiny_root, synthetic_dir, tmp_path):
+    """Loading a checkpoint into a model of another shape fails before any step (the CLI's `--ckpt_path` instead
+    rebuilds the model from the checkpoint's own hyper-parameters)."""
     main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "a", "--trainer.max_steps", "3")])
     ckpt = tmp_path / "a/ckpt/epoch=0-step=3.ckpt"
+    other = main(tiny_args(tiny_root, synthetic_dir, tmp_path / "b", "--trainer.max_steps", "4",
+                           "--model.config", json.dumps({"decoder": {"num_queries": 4}})), run=False)
+    before = trainable_state(other.model)
     with pytest.raises(ValueError, match="different preset"):
-        main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "b", "--trainer.max_steps", "4",
-                                "--model.config", json.dumps({"decoder": {"num_queries": 4}}),
-                                "--ckpt_path", str(ckpt))])
+        other.trainer.fit(other.model, datamodule=other.datamodule, ckpt_path=str(ckpt))
+    assert other.trainer.global_step == 0
+    for name, value in trainable_state(other.model).items():
+        assert torch.equal(value, before[name]), name
 
 
 def test_bad_config_fails_before_training(tiny_root, synthetic_dir, tmp_path):
