@@ -96,7 +96,7 @@ def measure(preset: str, device: str, batch_size: int, video: bool, checkpointin
         if device == "cuda":
             peak = torch.cuda.max_memory_allocated() / 2**30
         else:
-            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 2**20
+            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # ru_maxrss is in KiB
     queue.put((statistics.median(times), peak))
 
 

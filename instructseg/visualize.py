@@ -73,8 +73,12 @@ def overlay_mask(
     color: tuple[int, int, int] = (255, 64, 64),
     alpha: float = 0.5,
     caption: str | None = None,
+    min_size: int = 256,
 ) -> Image.Image:
     """Tints ``mask`` on ``image``, outlines it and optionally writes a caption.
+
+    Images whose longest side is below ``min_size`` are first enlarged by an integer factor (nearest neighbour, so
+    mask edges stay exact) to keep small frames and their captions readable.
 
     Args:
         image: PIL image or (H, W, 3) uint8 array.
@@ -82,14 +86,18 @@ def overlay_mask(
         color: RGB tint; the 2-px contour uses the same colour lightened halfway to white.
         alpha: opacity of the tint inside the mask.
         caption: text written on a dark strip at the top (e.g. the instruction), wrapped to the image width.
+        min_size: enlarge smaller images by ``ceil(min_size / max(H, W))``.
 
     Returns:
-        The (H, W) RGB overlay.
+        The (k*H, k*W) RGB overlay, k >= 1 the enlargement factor.
     """
     rgb = _as_rgb_array(image)
     region = _as_numpy(mask).astype(bool)
     if region.shape != rgb.shape[:2]:
         raise ValueError(f"mask shape {region.shape} != image shape {rgb.shape[:2]}")
+    factor = max(1, -(-min_size // max(rgb.shape[:2])))
+    rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+    region = region.repeat(factor, axis=0).repeat(factor, axis=1)
     tint = np.asarray(color, dtype=np.float32)
     rgb[region] = (rgb[region] * (1 - alpha) + tint * alpha).round().astype(np.uint8)
     contour = region & ~binary_erosion(region, iterations=2, border_value=1)

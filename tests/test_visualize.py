@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import binary_erosion
 import pytest
 import torch
 from PIL import Image
@@ -29,7 +30,7 @@ def _mask(height: int = 48, width: int = 64, top: int = 20) -> np.ndarray:
 
 
 def test_overlay_tints_inside_and_outlines() -> None:
-    result = np.asarray(overlay_mask(_image(), _mask(), color=(200, 0, 0), alpha=0.5))
+    result = np.asarray(overlay_mask(_image(), _mask(), color=(200, 0, 0), alpha=0.5, min_size=1))
     assert result.shape == (48, 64, 3)
     assert tuple(result[0, 0]) == (40, 40, 40)  # outside: unchanged
     assert tuple(result[28, 25]) == (120, 20, 20)  # interior: 0.5 * image + 0.5 * colour
@@ -39,8 +40,10 @@ def test_overlay_tints_inside_and_outlines() -> None:
 
 def test_overlay_accepts_pil_and_tensor_mask_and_writes_caption() -> None:
     image = Image.fromarray(_image())
-    plain = np.asarray(overlay_mask(image, torch.from_numpy(_mask())))
-    captioned = np.asarray(overlay_mask(image, _mask(), caption="the dog on the left of the red car, behind the tree"))
+    plain = np.asarray(overlay_mask(image, torch.from_numpy(_mask()), min_size=1))
+    captioned = np.asarray(
+        overlay_mask(image, _mask(), caption="the dog on the left of the red car, behind the tree", min_size=1)
+    )
     assert captioned.shape == plain.shape
     assert not np.array_equal(captioned[:8], plain[:8])  # strip + text at the top
     assert np.array_equal(captioned[-8:], plain[-8:])  # the rest of the picture is untouched
@@ -55,7 +58,7 @@ def test_save_overlay_png(tmp_path: Path) -> None:
     path = save_overlay_png(tmp_path / "nested" / "dir" / "overlay.png", _image(), _mask(), caption="a cat")
     assert path.is_file()
     with Image.open(path) as saved:
-        assert saved.size == (64, 48)
+        assert saved.size == (64 * 4, 48 * 4)  # enlarged x4 to reach 256 px
 
 
 def test_save_overlay_gif_has_one_frame_per_mask(tmp_path: Path) -> None:
@@ -64,7 +67,7 @@ def test_save_overlay_gif_has_one_frame_per_mask(tmp_path: Path) -> None:
     path = save_overlay_gif(tmp_path / "gif" / "video.gif", frames, masks, caption="the moving box", fps=5)
     with Image.open(path) as gif:
         assert gif.n_frames == 5
-        assert gif.size == (64, 48)
+        assert gif.size == (64 * 4, 48 * 4)
         assert gif.info["loop"] == 0
         assert gif.info["duration"] == 200
     with pytest.raises(ValueError, match="as many masks"):
@@ -98,3 +101,15 @@ def test_side_by_side() -> None:
     assert combined.getpixel((32, 0)) == (0, 0, 0)  # gap
     assert combined.getpixel((35, 24)) == (0, 255, 0)
     assert combined.getpixel((0, 24)) == (0, 0, 0)  # padding below the shorter image
+
+
+def test_small_images_are_enlarged_exactly():
+    image, mask = _image(), _mask()
+    big = np.asarray(overlay_mask(image, mask, min_size=256))
+    small = np.asarray(overlay_mask(image, mask, min_size=1))
+    factor = -(-256 // max(image.shape[:2]))
+    assert big.shape[:2] == (image.shape[0] * factor, image.shape[1] * factor)
+    # interior pixels of the enlarged overlay repeat the small overlay's (the contour is drawn after enlarging)
+    interior = ~mask | binary_erosion(mask, iterations=3)
+    ys, xs = np.nonzero(interior)
+    np.testing.assert_array_equal(big[ys * factor + factor // 2, xs * factor + factor // 2], small[ys, xs])
