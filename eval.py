@@ -118,14 +118,22 @@ def write_reports(results: dict[str, dict[str, float]], rows: list[dict], out_di
         writer.writerows(rows)
 
 
+IMAGE_COLUMNS = ("cIoU", "gIoU")
+VIDEO_COLUMNS = ("J", "F", "J&F", "referring/J&F", "reasoning/J&F", "overall/J&F", "R", "overall/R")
+
+
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A markdown table: one row per task, one column per metric (scores in [0, 1])."""
-    columns = sorted({k for scores in results.values() for k in scores})
-    lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for task, scores in sorted(results.items()):
-        cells = [f"{scores[c]:.3f}" if c in scores else "" for c in columns]
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Markdown tables (image tasks, then video tasks): one row per task, scores in [0, 1]."""
+    tables = []
+    for columns in (IMAGE_COLUMNS, VIDEO_COLUMNS):
+        rows = {task: scores for task, scores in sorted(results.items()) if columns[0] in scores}
+        if not rows:
+            continue
+        lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for task, scores in rows.items():
+            lines.append(f"| {task} | " + " | ".join(f"{scores[c]:.3f}" if c in scores else "–" for c in columns) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:

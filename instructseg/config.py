@@ -111,6 +111,8 @@ class LossConfig:
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     text_weight: float = 1.0
+    class_cost_weight: float = 0.0
+    """Weight of -sigmoid(score) in the Hungarian matching cost (0 = mask cost only, as the reference code)."""
     num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75

@@ -61,6 +61,8 @@ def hungarian_match(
     bce_weight: float,
     dice_weight: float,
     generator: torch.Generator | None = None,
+    scores: torch.Tensor | None = None,
+    class_weight: float = 0.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Assign queries to targets per sample with ``scipy.optimize.linear_sum_assignment`` on the mask cost.
 
@@ -68,12 +70,14 @@ def hungarian_match(
         mask_logits: ``(B, Q, h, w)``.
         targets: per sample ``(K_b, H, W)`` float masks (``K_b`` may be 0).
         num_points: P uniformly random points shared by queries and targets.
+        scores: optional ``(B, Q)`` class logits; with ``class_weight > 0`` the cost adds
+            ``-class_weight * sigmoid(score)`` (Mask2Former's class cost for a single foreground class).
 
     Returns:
         Per sample ``(query_indices, target_indices)``, each ``(min(Q, K_b),)`` long.
     """
     matches = []
-    for logits, target in zip(mask_logits, targets):
+    for b, (logits, target) in enumerate(zip(mask_logits, targets)):
         if target.shape[0] == 0:
             empty = torch.empty(0, dtype=torch.long, device=logits.device)
             matches.append((empty, empty))
@@ -82,6 +86,8 @@ def hungarian_match(
         pred_points = point_sample(logits[:, None].float(), coords.expand(logits.shape[0], -1, -1))[:, 0]
         tgt_points = point_sample(target[:, None].float(), coords.expand(target.shape[0], -1, -1))[:, 0]
         cost = pairwise_mask_cost(pred_points, tgt_points, bce_weight, dice_weight)
+        if scores is not None and class_weight > 0:
+            cost = cost - class_weight * scores[b].float().sigmoid()[:, None]
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
         matches.append(
             (torch.as_tensor(rows, dtype=torch.long, device=logits.device),
@@ -129,7 +135,10 @@ class InstructSegCriterion(nn.Module):
             has_mask: ``(B,)`` bool; False rows (VQA) are left out of every term.
         """
         cfg = self.config
-        matches = hungarian_match(mask_logits, targets, cfg.num_points, cfg.mask_weight, cfg.dice_weight)
+        matches = hungarian_match(
+            mask_logits, targets, cfg.num_points, cfg.mask_weight, cfg.dice_weight,
+            scores=scores, class_weight=cfg.class_cost_weight,
+        )
         class_target = torch.zeros_like(scores, dtype=torch.float32)
         pred_list, tgt_list = [], []
         for b, (q_idx, t_idx) in enumerate(matches):

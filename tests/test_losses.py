@@ -124,3 +124,13 @@ def test_scipy_and_matcher_agree_on_explicit_cost():
     cost = np.array([[4.0, 1.0], [2.0, 0.5], [0.1, 3.0]])
     rows, cols = linear_sum_assignment(cost)
     assert cost[rows, cols].sum() == pytest.approx(brute_force_cost(cost))
+
+
+def test_class_cost_breaks_ties_towards_the_highest_score():
+    logits = torch.zeros(1, 4, 8, 8)  # every query predicts the same mask: the mask cost is a tie
+    target = torch.ones(1, 8, 8)
+    scores = torch.tensor([[-3.0, -1.0, 4.0, 0.0]])
+    (rows, _), = hungarian_match(logits, [target], 16, 5.0, 5.0, scores=scores, class_weight=2.0)
+    assert rows.tolist() == [2]
+    (rows, _), = hungarian_match(logits, [target], 16, 5.0, 5.0, scores=-scores, class_weight=2.0)
+    assert rows.tolist() == [0]

@@ -160,3 +160,29 @@ def test_ddp_two_processes_see_different_data_and_end_identical(tiny_root, synth
     keys0, keys1 = set(ranks[0]["keys"]), set(ranks[1]["keys"])
     assert keys0 and keys1 and keys0 != keys1
     assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_eval_end_to_end_on_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path, capsys):
+    import csv
+
+    import eval as eval_script
+
+    main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "3")])
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(json.dumps({"data": {"init_args": {"val": [{"name": "s", "urls": f"{synthetic_dir}/val/*.tar"}]}}}))
+    out = tmp_path / "eval"
+    code = eval_script.main(["--model", str(tmp_path / "run/ckpt/last.ckpt"), "--data", str(data_yaml), "--out",
+                             str(out), "--overlays", "3", "--submission"])
+    assert code == 0
+    results = json.loads((out / "metrics.json").read_text())
+    assert {"res", "reasonseg", "rvos", "reasonvos"} <= set(results)
+    assert 0.0 <= results["res"]["cIoU"] <= 1.0 and 0.0 <= results["rvos"]["J&F"] <= 1.0
+    assert "R" in results["reasonvos"]  # no-target queries are scored for robustness
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == sum(1 for r in rows if r["task"]) and len(rows) >= 8
+    assert len(list((out / "overlays").iterdir())) == 3
+    pngs = list((out / "submission/Annotations").rglob("*.png"))
+    assert pngs and all(p.parent.parent.parent.name == "Annotations" for p in pngs)
+    printed = capsys.readouterr().out
+    assert "| task | cIoU | gIoU |" in printed and "| task | J | F | J&F |" in printed
+    assert eval_script.main(["--model", str(tmp_path / "missing.ckpt"), "--data", str(data_yaml)]) == 2
