@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Any
 
@@ -99,6 +100,9 @@ class InstructSegModule(L.LightningModule):
                     f"{self.model_config.name!r}); fix the data config."
                 )
 
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
     def forward(self, batch: dict[str, Any]):
         return self.model(batch)
 
@@ -143,6 +147,8 @@ class InstructSegModule(L.LightningModule):
                 self.val_no_target[task].update(selection.no_target[i].float())
 
     def on_validation_epoch_end(self) -> None:
+        if hasattr(self, "_fit_start"):  # wall time of the run so far, for learning curves (benchmarks/train_quality.py)
+            self.log("time/elapsed_s", time.perf_counter() - self._fit_start)
         # compute() syncs across DDP ranks, so every rank calls it for every task; only tasks seen are logged
         for task in TASKS:
             iou, no_target = self.val_iou[task], self.val_no_target[task]
