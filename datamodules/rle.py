@@ -102,12 +102,11 @@ def rle_size(rle: Mapping[str, Any]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
-    """Decode a compressed or uncompressed COCO RLE into a ``(H, W)`` bool mask.
+def rle_counts(rle: Mapping[str, Any]) -> list[int]:
+    """The run lengths of a compressed or uncompressed COCO RLE, checked to cover exactly ``H * W`` pixels.
 
     Raises:
-        ValueError: for a malformed RLE (bad structure or characters, negative counts, counts that do not sum to
-            ``H * W``).
+        ValueError: for bad characters, non-int counts, negative counts or counts that do not sum to ``H * W``.
     """
     height, width = rle_size(rle)
     raw = rle["counts"]
@@ -121,6 +120,18 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
         raise ValueError("RLE: negative run length.")
     if sum(counts) != height * width:
         raise ValueError(f"RLE: counts sum to {sum(counts)}, expected height * width = {height * width}.")
+    return counts
+
+
+def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
+    """Decode a compressed or uncompressed COCO RLE into a ``(H, W)`` bool mask.
+
+    Raises:
+        ValueError: for a malformed RLE (bad structure or characters, negative counts, counts that do not sum to
+            ``H * W``).
+    """
+    height, width = rle_size(rle)
+    counts = rle_counts(rle)
     values = np.arange(len(counts)) % 2 == 1
     flat = np.repeat(values, counts)
     return flat.reshape((height, width), order="F")

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..rle import counts_to_string, encode_rle, rle_size, string_to_counts
+from ..rle import counts_to_string, encode_rle, rle_counts, rle_size
 from ..schema import RecordError
 from ..shards import RecordWriter, decode_frame
 
@@ -205,19 +205,15 @@ def checked_rle(rle: Any, height: int, width: int, where: str) -> dict[str, Any]
     """
     try:
         size = rle_size(rle)
-        raw = rle["counts"]
-        if isinstance(raw, (str, bytes)):
-            counts = string_to_counts(raw)
-        elif all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in raw):
-            counts = [int(c) for c in raw]
-        else:
-            raise ValueError("uncompressed 'counts' must hold only ints.")
     except ValueError as exc:
         raise RecordError("bad_rle", f"{where}: {exc}") from None
     if size != (height, width):
         raise RecordError("mask_size", f"{where}: the RLE is {list(size)}, the image [{height}, {width}].")
-    if any(c < 0 for c in counts) or sum(counts) != height * width:
-        raise RecordError("bad_rle", f"{where}: the run lengths do not cover the {height}x{width} mask.")
+    try:
+        counts = rle_counts(rle)
+    except ValueError as exc:
+        raise RecordError("bad_rle", f"{where}: {exc}") from None
+    raw = rle["counts"]
     text = raw.decode("ascii") if isinstance(raw, bytes) else raw
     return {"size": [height, width], "counts": text if isinstance(text, str) else counts_to_string(counts)}
 
