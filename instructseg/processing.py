@@ -6,6 +6,9 @@ Images (PIL / NumPy / torch, any of RGB, L, LA, RGBA, I;16, float) become two te
   ImageNet-normalised on a 0-255 scale (Mask2Former convention);
 * the **SigLIP** input: plain resize to ``S_clip x S_clip``, scaled to [0, 1], normalised with mean = std = 0.5.
 
+Large downscales use Pillow's ``reducing_gap=3`` (an integer box reduction first, then the filter), which is several
+times faster than filtering at full resolution and indistinguishable from it at this gap.
+
 Text becomes the token layout of the reference code (``reference/instructseg-reference.md`` §1.3)::
 
     SYSTEM USER: This is <kind> <ovp>\\n<image>\\n<task template> Text Prompt: <instruction> ASSISTANT: <answer> [SEG]<seg>
@@ -115,7 +118,7 @@ def mask_branch_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple
         ``(3, S, S)`` float tensor and the valid (unpadded) ``(h, w)`` region.
     """
     h, w = longest_side_size(image.shape[0], image.shape[1], size)
-    resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR, reducing_gap=3.0))
     pixels = _normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), MASK_PIXEL_MEAN, MASK_PIXEL_STD)
     out = torch.zeros(3, size, size)
     out[:, :h, :w] = pixels
@@ -124,7 +127,7 @@ def mask_branch_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple
 
 def clip_branch_input(image: np.ndarray, size: int) -> torch.Tensor:
     """Plain resize to ``size x size`` and SigLIP normalisation: ``(H, W, 3)`` uint8 → ``(3, S, S)`` float."""
-    resized = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+    resized = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC, reducing_gap=3.0))
     pixels = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
     return _normalize(pixels, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD)
 
