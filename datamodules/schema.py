@@ -64,13 +64,18 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _check_rle(rle: Any, height: int, width: int, where: str) -> None:
+def check_rle_size(rle: Any, height: int, width: int, where: str) -> None:
+    """Raise ``RecordError`` ``"bad_rle"`` for a malformed RLE header, ``"mask_size"`` if it is not ``height x width``."""
     try:
         size = rle_size(rle)
     except ValueError as exc:
         raise RecordError("bad_rle", f"{where}: {exc}") from None
     if size != (height, width):
         raise RecordError("mask_size", f"{where}: RLE size {list(size)} != record size [{height}, {width}].")
+
+
+def _check_rle(rle: Any, height: int, width: int, where: str) -> None:
+    check_rle_size(rle, height, width, where)
     counts = rle["counts"]
     if isinstance(counts, bytes):
         counts = counts.decode("ascii", errors="replace")

@@ -42,8 +42,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..rle import counts_to_string, encode_rle, rle_counts, rle_size
-from ..schema import RecordError
+from ..rle import counts_to_string, encode_rle, rle_counts
+from ..schema import RecordError, check_rle_size
 from ..shards import RecordWriter, decode_frame
 
 logger = logging.getLogger("instructseg.convert")
@@ -203,12 +203,7 @@ def checked_rle(rle: Any, height: int, width: int, where: str) -> dict[str, Any]
     Raises:
         RecordError: ``"bad_rle"`` for a malformed RLE, ``"mask_size"`` when it is not ``height x width``.
     """
-    try:
-        size = rle_size(rle)
-    except ValueError as exc:
-        raise RecordError("bad_rle", f"{where}: {exc}") from None
-    if size != (height, width):
-        raise RecordError("mask_size", f"{where}: the RLE is {list(size)}, the image [{height}, {width}].")
+    check_rle_size(rle, height, width, where)
     try:
         counts = rle_counts(rle)
     except ValueError as exc:
