@@ -75,15 +75,6 @@ class InstructSegModule(L.LightningModule):
         self.val_no_target = torch.nn.ModuleDict({task: MeanMetric() for task in TASKS})
         self.strict_loading = False
 
-    @classmethod
-    def config_from_checkpoint(cls, checkpoint: dict[str, Any]) -> InstructSegConfig:
-        """The model configuration stored in a checkpoint dict (see the module docstring)."""
-        return InstructSegConfig.from_dict(checkpoint["model_config"])
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
-
     def setup(self, stage: str) -> None:
         """Check, before any step runs, that the datamodule's input sizes match the model."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
