@@ -8,7 +8,8 @@ Sample dict (one query on one clip; ``S`` = ``mask_size``, ``S_c`` = ``clip_size
 
 - ``pixel_values`` float ``(3, S, S)``: key frame, mask-branch input (longest side ``S``, zero-padded).
 - ``clip_pixel_values`` float ``(1 + R', 3, S_c, S_c)``: SigLIP inputs, index 0 the key frame, then the ``R'``
-  references (``R' = num_ref_frames`` for video tasks; 1 for images, whose reference is the image itself).
+  references (``R' = num_ref_frames`` for video tasks; 0 for images: the model uses the image's own encoding as its
+  single reference frame, so the image is encoded once).
 - ``frame_indices`` long ``(1 + R',)``: record frame index of each clip frame (key first).
 - ``target_mask`` float ``(S, S)``: 0/1 union of the query's objects on the key frame (all 0 for ``no_target`` and
   ``vqa``), resized and padded like ``pixel_values``.
@@ -92,7 +93,7 @@ class SampleBuilder:
             (:func:`instructseg.processing.add_instructseg_tokens`).
         mask_size: side ``S`` of the mask-branch input and the target masks.
         clip_size: side ``S_c`` of the SigLIP input.
-        num_ref_frames: reference frames ``R`` per video clip (images use 1: the image itself).
+        num_ref_frames: reference frames ``R`` per video clip (images have none: the image is its own reference).
         clip_sampling: ``"sparse"`` (reference scheme) or ``"global_local"`` (VISA-style), for training.
         text_loss_tasks: tasks whose answer tokens always get the text loss; queries with an ``answer`` get it too.
         one_query_per_record: emit one random query per record instead of one sample per query.
@@ -133,12 +134,14 @@ class SampleBuilder:
         self.rng = np.random.default_rng(seed)
 
     def num_refs(self, task: str) -> int:
-        """``R'``: ``num_ref_frames`` for video tasks, 1 (the image itself) for image tasks."""
-        return self.num_ref_frames if task in VIDEO_TASKS else 1
+        """``R'``: ``num_ref_frames`` for video tasks, 0 for image tasks (the model reuses the key frame)."""
+        return self.num_ref_frames if task in VIDEO_TASKS else 0
 
     def _clip(self, record: Record, query: dict[str, Any], rng: np.random.Generator) -> tuple[int, list[int]]:
         """Key and reference frame indices for one query."""
         num_ref = self.num_refs(record.task)
+        if num_ref == 0:
+            return 0, []
         if not self.training:
             key = record.num_frames // 2
             return key, reference_frames_for_key(record.num_frames, key, num_ref)

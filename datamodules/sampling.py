@@ -5,8 +5,8 @@ Every function returns ``(key_index, ref_indices)`` with exactly ``num_ref`` ref
 frames, frames are repeated so that ``ref_indices`` still has ``num_ref`` entries; a 1-frame video gives
 ``(0, [0] * num_ref)``.
 
-Images: the model uses the image itself as its single reference frame, so image samples ask for ``num_ref = 1``
-and get ``(0, [0])`` (see :class:`datamodules.pipeline.SampleBuilder`).
+Images need no sampling: their clip is the key frame alone and the model uses the image's own encoding as its single
+reference frame (see :class:`datamodules.pipeline.SampleBuilder`).
 
 * :func:`sample_clip_sparse` — the reference training scheme (``reference/instructseg-reference.md`` §6, from XMem):
   a random ``max_jump`` in 2..9, the first frame uniform, each further frame drawn uniformly from the union of the

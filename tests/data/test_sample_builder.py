@@ -36,9 +36,8 @@ def test_image_sample(builder, make_record, raw):
     assert len(samples) == 2
     first, second = samples
     assert first["pixel_values"].shape == (3, S, S)
-    assert first["clip_pixel_values"].shape == (2, 3, SC, SC)  # key + the image itself as reference
-    torch.testing.assert_close(first["clip_pixel_values"][0], first["clip_pixel_values"][1])
-    assert first["frame_indices"].tolist() == [0, 0]
+    assert first["clip_pixel_values"].shape == (1, 3, SC, SC)  # the key only: the model reuses it as the reference
+    assert first["frame_indices"].tolist() == [0]
     expected = mask_branch_target(record.object_mask("3", 0), S)
     torch.testing.assert_close(first["target_mask"], expected)
     assert first["has_target"] and first["has_mask"]
@@ -129,9 +128,9 @@ def test_collate_mixed_tasks(builder, make_record, raw, tokenizer):
     batch = collate_samples(samples, tokenizer.pad_token_id)
     assert batch["pixel_values"].shape == (3, 3, S, S)
     assert batch["clip_pixel_values"].shape == (3, 1 + R, 3, SC, SC)
-    assert batch["clip_frame_mask"].tolist() == [[True, True, False, False], [True] * 4, [True, True, False, False]]
-    assert batch["frame_indices"][0].tolist() == [0, 0, -1, -1]
-    assert batch["clip_pixel_values"][0, 2:].abs().sum() == 0
+    assert batch["clip_frame_mask"].tolist() == [[True, False, False, False], [True] * 4, [True, False, False, False]]
+    assert batch["frame_indices"][0].tolist() == [0, -1, -1, -1]
+    assert batch["clip_pixel_values"][0, 1:].abs().sum() == 0
     assert batch["target_mask"].shape == (3, S, S) and batch["ignore_mask"].dtype == torch.bool
     assert batch["has_mask"].tolist() == [True, True, False]
     assert batch["valid_hw"].shape == (3, 2) and batch["orig_hw"].tolist() == [[24, 32]] * 3
