@@ -1,29 +1,37 @@
 """Data for InstructSeg: the shard schema, shard reading/writing, clip sampling, the streaming multi-task
-datamodule and the synthetic benchmark generator."""
+datamodule and the synthetic benchmark generator.
 
-from .datamodule import InstructSegDataModule, StreamLoader, load_tokenizer
-from .pipeline import SampleBuilder, collate_samples
-from .rle import decode_rle, encode_rle
-from .schema import RecordError, validate_record
-from .shards import Record, RecordWriter, SkipCounter, expand_urls, iter_records
-from .streams import EvalStream, MixtureStream, ShardSetConfig
+Names are imported on first use, so tools that need only the shard format (the converters) start without importing
+Lightning.
+"""
 
-__all__ = [
-    "EvalStream",
-    "InstructSegDataModule",
-    "MixtureStream",
-    "Record",
-    "RecordError",
-    "RecordWriter",
-    "SampleBuilder",
-    "ShardSetConfig",
-    "SkipCounter",
-    "StreamLoader",
-    "collate_samples",
-    "decode_rle",
-    "encode_rle",
-    "expand_urls",
-    "iter_records",
-    "load_tokenizer",
-    "validate_record",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "InstructSegDataModule": "datamodule",
+    "StreamLoader": "datamodule",
+    "load_tokenizer": "datamodule",
+    "SampleBuilder": "pipeline",
+    "collate_samples": "pipeline",
+    "decode_rle": "rle",
+    "encode_rle": "rle",
+    "RecordError": "schema",
+    "validate_record": "schema",
+    "Record": "shards",
+    "RecordWriter": "shards",
+    "SkipCounter": "shards",
+    "expand_urls": "shards",
+    "iter_records": "shards",
+    "EvalStream": "streams",
+    "MixtureStream": "streams",
+    "ShardSetConfig": "streams",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

@@ -14,7 +14,7 @@ Writing is atomic: everything goes to ``<out>.tmp-<pid>``, ``config.json`` last 
 the directory is renamed to ``<out>``. An interrupted export never leaves a directory that loads.
 
 Training checkpoints (Lightning ``.ckpt`` of :class:`instructseg.lit_module.InstructSegModule`) hold the model
-config dict under ``"model_config"`` (top level, or inside ``hyper_parameters``) and, in ``state_dict``, only the
+config dict under the top-level key ``"model_config"`` and, in ``state_dict``, only the
 trainable parameters under the prefix ``model.``; the frozen towers are re-loaded from the configured pretrained
 paths. They are read with ``torch.load(weights_only=True)`` only.
 """
@@ -255,8 +255,7 @@ def _read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
         raise ValueError(f"Cannot read {path} as a training checkpoint (torch.load weights_only=True): {err}") from None
     try:
         hparams = dict(ckpt.get("hyper_parameters") or {})
-        config = ckpt["model_config"] if "model_config" in ckpt else hparams["model_config"]
-        return dict(config), ckpt["state_dict"], hparams
+        return dict(ckpt["model_config"]), ckpt["state_dict"], hparams
     except (AttributeError, KeyError, TypeError):
         raise ValueError(
             f"{path} is not an instructseg training checkpoint (needs state_dict and model_config)."

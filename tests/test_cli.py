@@ -66,7 +66,7 @@ def test_export_from_checkpoint_and_make_tiny(tiny_config, tmp_path):
     model = InstructSeg.from_config(tiny_config)
     state = {"model." + k: v for k, v in model.trainable_parameters().items()}
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": {"model_config": tiny_config.to_dict(), "lr": 4e-5}}, ckpt)
+    torch.save({"state_dict": state, "model_config": tiny_config.to_dict(), "hyper_parameters": {"lr": 4e-5}}, ckpt)
     (tmp_path / "metrics.json").write_text(json.dumps({"J&F": 0.61}))
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--metrics", str(tmp_path / "m.json")]) == 2

@@ -46,7 +46,7 @@ def _outputs(model: InstructSeg, batch: dict) -> tuple[torch.Tensor, torch.Tenso
 def _write_ckpt(model: InstructSeg, path, config=None, drop: str | None = None):
     state = {"model." + k: v.detach().clone() for k, v in model.trainable_parameters().items() if k != drop}
     config = config or model.config.to_dict()
-    torch.save({"state_dict": state, "hyper_parameters": {"model_config": config, "lr": 4e-5}}, path)
+    torch.save({"state_dict": state, "model_config": config, "hyper_parameters": {"lr": 4e-5}}, path)
     return path
 
 
