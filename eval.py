@@ -62,14 +62,15 @@ def evaluate(
     for index, record in enumerate(tqdm(records, desc="evaluating", unit="record")):
         if max_records is not None and index >= max_records:
             break
-        frames = list(record.frames)
-        queries = [q for q in record.queries if q["type"] != "vqa" and record.task != "vqa"]
-        if not queries:
+        if record.task == "vqa":
             continue
+        frames = list(record.frames)
+        queries = record.queries
         texts = [q["text"] for q in queries]
         video = record.task in VIDEO_TASKS
         if video:
             preds = predictor.predict_video(frames, texts, strategy=strategy, task=record.task)
+            foreground = np.stack([record.foreground_mask(t) for t in range(record.num_frames)])  # (T, H, W)
         else:
             preds = predictor.predict_image(frames[0], texts, task=record.task)
         for qi, (query, pred) in enumerate(zip(queries, preds)):
@@ -80,11 +81,8 @@ def evaluate(
             row = {"key": record.key, "task": record.task, "query_id": query_id, "type": query["type"],
                    "text": query["text"]}
             if video:
-                foreground = np.stack([record.target_mask(list(record.meta["objects"]), t) for t in range(len(frames))])
-                metric = video_metrics[record.task]
-                metric.update(masks, targets, expression_type=query["type"], foreground=foreground,
-                              expression_id=f"{record.key}/{query_id}")
-                row.update(metric.per_expression()[-1])
+                video_metrics[record.task].update(masks, targets, expression_type=query["type"],
+                                                  foreground=foreground, expression_id=f"{record.key}/{query_id}")
                 if submission:
                     names = record.meta.get("frame_names") or [f"{t:05d}" for t in range(len(frames))]
                     save_submission_masks(out_dir / "submission", record.key, query_id, names, masks)
@@ -101,6 +99,9 @@ def evaluate(
                 else:
                     save_overlay_png(path.with_suffix(".png"), frames[0], masks[0], caption, target=targets[0])
                 pictures += 1
+    per_expression = {row["id"]: row for metric in video_metrics.values() for row in metric.per_expression()}
+    for row in rows:
+        row.update(per_expression.get(f"{row['key']}/{row['query_id']}", {}))
     results = {task: metric.compute() for task, metric in image_metrics.items()}
     results.update({task: metric.compute() for task, metric in video_metrics.items()})
     write_reports(results, rows, out_dir)

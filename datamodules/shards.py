@@ -219,6 +219,14 @@ class Record:
             target |= self.object_mask(object_id, frame)
         return target
 
+    def foreground_mask(self, frame: int) -> np.ndarray:
+        """``(H, W)`` bool foreground for the robustness score R: the record's ``foreground`` RLE where it has one
+        (ReVOS ``mask_dict_foreground.json``), else the union of all its objects."""
+        foreground = self.meta.get("foreground")
+        if foreground is not None:
+            return self._decode(foreground[frame], f"foreground frame {frame}")
+        return self.target_mask(list(self.meta["objects"]), frame)
+
     def ignore_mask(self, frame: int) -> np.ndarray:
         """``(H, W)`` bool region excluded from the loss on one frame (all False without ``ignore``)."""
         ignore = self.meta.get("ignore")

@@ -180,6 +180,9 @@ def test_eval_end_to_end_on_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path
     assert "R" in results["reasonvos"]  # no-target queries are scored for robustness
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == sum(1 for r in rows if r["task"]) and len(rows) >= 8
+    video_rows = [r for r in rows if r["task"] in ("rvos", "reasonvos")]
+    assert video_rows and all(r["J&F"] != "" for r in video_rows)  # per-expression scores joined to their query
+    assert all(r["IoU"] != "" for r in rows if r["task"] in ("res", "reasonseg"))
     assert len(list((out / "overlays").iterdir())) == 3
     pngs = list((out / "submission/Annotations").rglob("*.png"))
     assert pngs and all(p.parent.parent.parent.name == "Annotations" for p in pngs)

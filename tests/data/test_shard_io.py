@@ -152,3 +152,18 @@ def test_lazy_decode_errors(tmp_path, make_record, raw):
     with pytest.raises(RecordError) as mask_error:
         record.object_mask("3", 0)
     assert mask_error.value.reason == "bad_rle"
+
+
+def test_foreground_mask_prefers_the_stored_foreground():
+    from datamodules.shards import Frames, Record
+
+    first, second = np.zeros((4, 6), bool), np.zeros((4, 6), bool)
+    first[0, :2], second[3, 4:] = True, True
+    objects = {"1": {"masks": [encode_rle(first)]}, "2": {"masks": [encode_rle(second)]}}
+    meta = {"task": "reasonvos", "frames": 1, "height": 4, "width": 6, "objects": objects, "queries": []}
+    plain = Record("k", "u", meta, Frames([], "u/k"))
+    np.testing.assert_array_equal(plain.foreground_mask(0), first | second)  # union of every object
+    stored = np.zeros((4, 6), bool)
+    stored[1:3, 1:5] = True
+    with_foreground = Record("k", "u", {**meta, "foreground": [encode_rle(stored)]}, Frames([], "u/k"))
+    np.testing.assert_array_equal(with_foreground.foreground_mask(0), stored)
