@@ -7,31 +7,27 @@ Lightning.
 
 from __future__ import annotations
 
-import importlib
+from instructseg.lazy import lazy_getattr
 
 _EXPORTS = {
-    "InstructSegDataModule": "datamodule",
-    "StreamLoader": "datamodule",
-    "load_tokenizer": "datamodule",
-    "SampleBuilder": "pipeline",
-    "collate_samples": "pipeline",
-    "decode_rle": "rle",
-    "encode_rle": "rle",
-    "RecordError": "schema",
-    "validate_record": "schema",
-    "Record": "shards",
-    "RecordWriter": "shards",
-    "SkipCounter": "shards",
-    "expand_urls": "shards",
-    "iter_records": "shards",
-    "EvalStream": "streams",
-    "MixtureStream": "streams",
-    "ShardSetConfig": "streams",
+    "InstructSegDataModule": "datamodules.datamodule",
+    "StreamLoader": "datamodules.datamodule",
+    "load_tokenizer": "datamodules.datamodule",
+    "SampleBuilder": "datamodules.pipeline",
+    "collate_samples": "datamodules.pipeline",
+    "decode_rle": "datamodules.rle",
+    "encode_rle": "datamodules.rle",
+    "RecordError": "datamodules.schema",
+    "validate_record": "datamodules.schema",
+    "Record": "datamodules.shards",
+    "RecordWriter": "datamodules.shards",
+    "SkipCounter": "datamodules.shards",
+    "expand_urls": "datamodules.shards",
+    "iter_records": "datamodules.shards",
+    "EvalStream": "datamodules.streams",
+    "MixtureStream": "datamodules.streams",
+    "ShardSetConfig": "datamodules.streams",
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -9,7 +9,7 @@ Heavy submodules (Lightning, transformers) are imported on first use of the name
 
 from __future__ import annotations
 
-import importlib
+from instructseg.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -21,8 +21,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'instructseg' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
