@@ -24,8 +24,8 @@ import yaml
 from tqdm import tqdm
 
 from datamodules.shards import expand_urls, iter_records
+from instructseg.constants import VIDEO_TASKS
 from instructseg.metrics import ImageSegMetric, VideoSegMetric
-from instructseg.processing import VIDEO_TASKS
 from instructseg.visualize import save_overlay_gif, save_overlay_png, save_submission_masks
 
 

@@ -22,7 +22,8 @@ import torch
 
 def random_batch(model, batch_size: int, video: bool, device: str) -> dict:
     """Random frames + real prompts (tiny tokenizer; placeholder ids remapped to the model's for the full size)."""
-    from instructseg.processing import SPECIAL_TOKENS, add_instructseg_tokens, collate_tokens, tokenize_query
+    from instructseg.constants import SPECIAL_TOKENS
+    from instructseg.processing import add_instructseg_tokens, collate_tokens, tokenize_query
     from instructseg.tiny import build_tiny_tokenizer
 
     tok = model.tokenizer or build_tiny_tokenizer()

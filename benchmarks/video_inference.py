@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from instructseg.config import InstructSegConfig
+from instructseg.constants import SPECIAL_TOKENS, STRATEGIES
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.predictor import InstructSegPredictor, VideoPrediction
-from instructseg.processing import SPECIAL_TOKENS
 from instructseg.tiny import build_tiny_tokenizer, save_tiny_pretrained
 
-STRATEGIES = ("naive", "per_frame", "shared")
 TEXT = "the red square moving to the right"
 
 

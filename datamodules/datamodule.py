@@ -34,7 +34,8 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from instructseg.processing import TASKS, add_instructseg_tokens
+from instructseg.constants import TASKS
+from instructseg.processing import add_instructseg_tokens
 
 from .pipeline import CLIP_SAMPLERS, SampleBuilder, collate_samples
 from .streams import EvalStream, MixtureStream, ShardSetConfig, check_readable

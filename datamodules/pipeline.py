@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from instructseg.constants import TASKS, VIDEO_TASKS
 from instructseg.processing import (
-    TASKS,
-    VIDEO_TASKS,
     TokenizedQuery,
     clip_branch_input,
     collate_tokens,

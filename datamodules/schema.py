@@ -36,7 +36,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from instructseg.processing import TASKS
+from instructseg.constants import TASKS
 
 from .rle import rle_size
 

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from instructseg.config import InstructSegConfig
+from instructseg.constants import TASKS
 from instructseg.losses import InstructSegCriterion
 from instructseg.metrics import ImageSegMetric
 from instructseg.modeling.instructseg import InstructSeg
-from instructseg.processing import TASKS
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from instructseg.constants import IMAGE_TASKS, STRATEGIES, VIDEO_TASKS
 from instructseg.export import load_export, load_training_checkpoint
 from instructseg.modeling.instructseg import InstructSeg, Selection
 from instructseg.modeling.llm import CoDecodeOutput
 from instructseg.processing import (
-    VIDEO_TASKS,
     clip_branch_input,
     collate_tokens,
     longest_side_size,
@@ -51,8 +51,6 @@ from instructseg.processing import (
 )
 from instructseg.video_io import ImageInput, InputError, VideoFrames, open_video
 
-STRATEGIES = ("per_frame", "shared", "naive")
-IMAGE_TASKS = ("res", "reasonseg")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 PREPROCESS_WORKERS = min(8, os.cpu_count() or 1)
 

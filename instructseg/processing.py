@@ -29,24 +29,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-IGNORE_INDEX = -100
-OVP_TOKEN = "<ovp>"
-IMAGE_TOKEN = "<image>"
-SEG_QUERY_TOKEN = "<seg>"
-SEG_ANSWER_TOKEN = "[SEG]"
-SPECIAL_TOKENS = (OVP_TOKEN, IMAGE_TOKEN, SEG_QUERY_TOKEN, SEG_ANSWER_TOKEN)
-
-MASK_PIXEL_MEAN = (123.675, 116.28, 103.53)
-MASK_PIXEL_STD = (58.395, 57.12, 57.375)
-CLIP_PIXEL_MEAN = (0.5, 0.5, 0.5)
-CLIP_PIXEL_STD = (0.5, 0.5, 0.5)
+from instructseg.constants import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN,
+    MASK_PIXEL_MEAN,
+    MASK_PIXEL_STD,
+    OVP_TOKEN,
+    SEG_ANSWER_TOKEN,
+    SEG_QUERY_TOKEN,
+    SIGLIP_PIXEL_MEAN,
+    SIGLIP_PIXEL_STD,
+    SPECIAL_TOKENS,
+    TASKS,
+    VIDEO_TASKS,
+)
 
 SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-TASKS = ("res", "reasonseg", "rvos", "reasonvos", "vqa")
-VIDEO_TASKS = ("rvos", "reasonvos")
 # Paper Table 10: one instruction template per task.
 TASK_TEMPLATES = {
     "res": "You need to perform Referring Expression Segmentation on the image according to the Text Prompt.",
@@ -129,7 +130,7 @@ def clip_branch_input(image: np.ndarray, size: int) -> torch.Tensor:
     """Plain resize to ``size x size`` and SigLIP normalisation: ``(H, W, 3)`` uint8 → ``(3, S, S)`` float."""
     resized = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC, reducing_gap=3.0))
     pixels = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
-    return _normalize(pixels, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD)
+    return _normalize(pixels, SIGLIP_PIXEL_MEAN, SIGLIP_PIXEL_STD)
 
 
 def mask_branch_target(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from instructseg.processing import SPECIAL_TOKENS, SYSTEM_PROMPT, TASK_TEMPLATES
+from instructseg.constants import SPECIAL_TOKENS
+from instructseg.processing import SYSTEM_PROMPT, TASK_TEMPLATES
 
 _WORDS = """
 the a an of on in at to is are was which what who where that this one object shape thing there it its

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from safetensors.torch import load_file
-
 from golden import GOLDEN, golden_outputs
+from safetensors.torch import load_file
 
 
 def test_stage_outputs_match_golden_tensors(tiny_root):

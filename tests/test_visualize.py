@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import binary_erosion
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import binary_erosion
 
 from instructseg.visualize import (
     overlay_mask,

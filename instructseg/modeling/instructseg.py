@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from instructseg.config import InstructSegConfig
+from instructseg.constants import SPECIAL_TOKENS
 from instructseg.modeling.llm import CoDecodeOutput, InstructSegLLM, gather_spans
 from instructseg.modeling.loading import full_size_hf_configs, load_part, load_tokenizer
 from instructseg.modeling.mask_decoder import MaskDecoder, MaskPrediction
@@ -28,7 +29,7 @@ from instructseg.modeling.perceiver import ObjectAwareVideoPerceiver
 from instructseg.modeling.pixel_decoder import PixelDecoder
 from instructseg.modeling.text_fusion import VisionGuidedTextFusion
 from instructseg.modeling.vision import SiglipEncoder, SwinPyramid
-from instructseg.processing import SPECIAL_TOKENS, add_instructseg_tokens
+from instructseg.processing import add_instructseg_tokens
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instructseg.config import LoraConfig
-from instructseg.processing import IGNORE_INDEX, IMAGE_TOKEN, OVP_TOKEN, SEG_QUERY_TOKEN, SPECIAL_TOKENS
+from instructseg.constants import IGNORE_INDEX, IMAGE_TOKEN, OVP_TOKEN, SEG_QUERY_TOKEN, SPECIAL_TOKENS
 
 
 @dataclass

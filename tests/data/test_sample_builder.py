@@ -10,7 +10,8 @@ from datamodules.pipeline import SampleBuilder, collate_samples
 from datamodules.rle import encode_rle
 from datamodules.schema import RecordError
 from datamodules.shards import Frames, Record
-from instructseg.processing import IGNORE_INDEX, mask_branch_target
+from instructseg.constants import IGNORE_INDEX
+from instructseg.processing import mask_branch_target
 
 S, SC, R = 48, 32, 3
 

@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
+from instructseg.constants import SPECIAL_TOKENS
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.modeling.loading import PretrainedLoadError
-from instructseg.processing import SPECIAL_TOKENS
 
 
 def test_loads_tiny_parts_by_path(tiny_config, tiny_root):
