@@ -42,8 +42,8 @@ from instructseg.processing import (
     mask_branch_target,
     tokenize_query,
 )
+from instructseg.sampling import reference_frames_for_key, sample_clip_global_local, sample_clip_sparse
 
-from .sampling import reference_frames_for_key, sample_clip_global_local, sample_clip_sparse
 from .shards import Record
 
 CLIP_SAMPLERS = {"sparse": sample_clip_sparse, "global_local": sample_clip_global_local}
@@ -85,7 +85,7 @@ class SampleBuilder:
     Training (``training=True``): each query gets a random clip from ``clip_sampling``; a referring or reasoning
     query whose target is empty on the key frame gets a new clip, up to ``max_resample`` times (the reference
     retries 200 times; ``no_target`` queries keep their empty targets). Evaluation: the key frame is the middle
-    frame and the references are its neighbours (:func:`~datamodules.sampling.reference_frames_for_key`).
+    frame and the references are its neighbours (:func:`~instructseg.sampling.reference_frames_for_key`).
 
     Args:
         tokenizer: Hugging Face tokenizer holding the InstructSeg special tokens

@@ -49,33 +49,11 @@ from instructseg.processing import (
     postprocess_mask_logits,
     tokenize_query,
 )
+from instructseg.sampling import global_reference_frames, reference_frames_for_key
 from instructseg.video_io import ImageInput, InputError, VideoFrames, open_video
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 PREPROCESS_WORKERS = min(8, os.cpu_count() or 1)
-
-
-def reference_frames_for_key(n: int, key: int, num_ref: int) -> list[int]:
-    """Reference frames of key frame ``key`` in an ``n``-frame video (inference protocol, ascending time).
-
-    The window of ``num_ref + 1`` consecutive frames centred on ``key`` (``t-2 .. t+2`` for ``num_ref = 4``), shifted
-    inwards at the video boundaries, minus the key itself; shorter videos repeat frames evenly so that exactly
-    ``num_ref`` indices come back (a 1-frame video gives ``[0] * num_ref``).
-    """
-    if n < 1 or num_ref < 1 or not 0 <= key < n:
-        raise ValueError(
-            f"reference_frames_for_key: need n >= 1, num_ref >= 1 and 0 <= key < n; got {n, num_ref, key}."
-        )
-    start = min(max(0, key - num_ref // 2), max(0, n - num_ref - 1))
-    refs = [i for i in range(start, min(n, start + num_ref + 1)) if i != key] or [key]
-    return [refs[i * len(refs) // num_ref] for i in range(num_ref)]
-
-
-def global_reference_frames(n: int, num_ref: int) -> list[int]:
-    """``num_ref`` frame indices evenly spread over an ``n``-frame video (first and last included)."""
-    if n < 1 or num_ref < 1:
-        raise ValueError(f"global_reference_frames: need n >= 1 and num_ref >= 1, got {n}, {num_ref}.")
-    return [int(i) for i in np.linspace(0, n - 1, num_ref).round()]
 
 
 @dataclass

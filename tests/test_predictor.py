@@ -13,8 +13,6 @@ from instructseg.predictor import (
     ImagePrediction,
     InstructSegPredictor,
     VideoPrediction,
-    global_reference_frames,
-    reference_frames_for_key,
 )
 from instructseg.video_io import InputError, open_video
 
@@ -56,17 +54,6 @@ def count_encoded_frames(model: InstructSeg):
 def encode_counter(predictor):
     with count_encoded_frames(predictor.model) as counts:
         yield counts
-
-
-def test_reference_frames_follow_the_reference_protocol():
-    assert reference_frames_for_key(10, 5, 4) == [3, 4, 6, 7]
-    assert reference_frames_for_key(10, 0, 4) == [1, 2, 3, 4]
-    assert reference_frames_for_key(10, 9, 4) == [5, 6, 7, 8]
-    assert reference_frames_for_key(3, 1, 4) == [0, 0, 2, 2]
-    assert reference_frames_for_key(1, 0, 2) == [0, 0]
-    assert global_reference_frames(9, 3) == [0, 4, 8]
-    with pytest.raises(ValueError):
-        reference_frames_for_key(4, 4, 2)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from datamodules.sampling import (
+from instructseg.sampling import (
     global_reference_frames,
     reference_frames_for_key,
     sample_clip_global_local,
