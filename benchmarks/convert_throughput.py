@@ -5,20 +5,23 @@
 Writes a RefCOCO-style fixture (``--images`` 640x480 COCO images, four annotations each: 24-sided polygons, a
 two-part polygon and RLEs; one to three sentences per ref) and a ReVOS-style fixture (``--videos`` videos of
 ``--frames`` 640x480 frames, three objects, mask_dict RLEs, foreground masks, five expressions per video) in a
-temporary folder (:mod:`datamodules.convert.fixtures`), converts them with each ``--workers`` setting and prints
+temporary folder (``tests/fixtures/official_layouts.py``), converts them with each ``--workers`` setting and prints
 records/s and frames/s, plus the time of a re-run that finds every shard finished (resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from datamodules.convert import Converter, RefCOCOConverter, ReVOSConverter, convert_dataset
-from datamodules.convert.fixtures import write_refcoco, write_revos
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the official-layout fixture writers
+from fixtures.official_layouts import write_refcoco, write_revos  # noqa: E402
 
 HEIGHT, WIDTH = 480, 640
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from fixtures.official_layouts import write_llava
 
 from datamodules.convert import ConvertError, LLaVAConverter
 from datamodules.convert.__main__ import main
-from datamodules.convert.fixtures import write_llava
 
 
 def test_turn_pairs_become_queries(tmp_path, convert, read_split):

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from fixtures.official_layouts import write_mevis, write_revos
 
 from datamodules.convert import ConvertError, MeViSConverter, ReVOSConverter
-from datamodules.convert.fixtures import write_mevis, write_revos
 
 
 def _check_masks(record, truth, masks):

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from fixtures.official_layouts import write_palette_videos
 
 from datamodules.convert import ConvertError, RefYouTubeVOSConverter
-from datamodules.convert.fixtures import write_palette_videos
 
 
 def test_refytvos_object_ids_masks_and_unannotated_valid(tmp_path, convert, read_split, masks):

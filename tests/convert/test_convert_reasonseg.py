@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures.official_layouts import write_reasonseg
 
 from datamodules.convert import ConvertError, ReasonSegConverter
-from datamodules.convert.fixtures import write_reasonseg
 from datamodules.convert.reasonseg import label_masks
 
 

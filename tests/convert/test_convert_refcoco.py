@@ -9,11 +9,11 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from fixtures.official_layouts import write_refcoco
 
 from datamodules.convert import ConvertError, RefCOCOConverter
 from datamodules.convert.__main__ import main
 from datamodules.convert.common import load_plain_pickle
-from datamodules.convert.fixtures import write_refcoco
 
 
 def _refs_by_image(fixture):

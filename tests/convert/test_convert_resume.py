@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.official_layouts import write_llava, write_reasonseg
 
 from datamodules.convert import ConvertError, ReasonSegConverter, convert_dataset
 from datamodules.convert.__main__ import main
-from datamodules.convert.fixtures import write_llava, write_reasonseg
 
 REPO = Path(__file__).resolve().parents[2]
 OLD = 1_000_000_000  # an mtime far in the past, to see whether a file was rewritten
