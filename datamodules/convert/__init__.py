@@ -16,11 +16,12 @@ revos          ``meta_expressions_<split>_.json`` + ``mask_dict*.json``      one
 llava          LLaVA-Instruct conversation JSON + images                   one per image, query per turn pair
 =============  ==========================================================  =====================================
 
-Each module documents its layout and mapping; :mod:`.common` holds the resumable shard runner
-(:func:`~.common.convert_dataset`).
+Each module documents its layout and mapping; :mod:`.base` holds the converter interface, :mod:`.inputs` the
+helpers for reading the official inputs and :mod:`.runner` the resumable shard runner
+(:func:`~.runner.convert_dataset`).
 """
 
-from .common import Converter, ConvertError, convert_dataset
+from .base import Converter, ConvertError
 from .llava import LLaVAConverter
 from .mevis import MeViSConverter
 from .reasonseg import ReasonSegConverter
@@ -28,6 +29,7 @@ from .refcoco import RefCOCOConverter, RefCOCOgConverter, RefCOCOPlusConverter
 from .refdavis import RefDAVISConverter
 from .refytvos import RefYouTubeVOSConverter
 from .revos import ReVOSConverter
+from .runner import convert_dataset
 
 CONVERTERS: dict[str, type[Converter]] = {
     cls.name: cls

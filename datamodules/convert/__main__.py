@@ -14,7 +14,8 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import CONVERTERS
-from .common import ConvertError, convert_dataset
+from .base import ConvertError
+from .runner import convert_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import RecordError
-from .common import Converted, Converter, ConvertError, Item, Report, load_json, read_frames, require_dir, unique_keys
+from .base import Converted, Converter, ConvertError, Item, Report
+from .inputs import load_json, read_frames, require_dir, unique_keys
 
 IMAGE_TAG = "<image>"
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import RecordError
-from .common import ConvertError, checked_rle, load_json, natural_key
+from .base import ConvertError
+from .inputs import checked_rle, load_json, natural_key
 from .video import MetaExpressionsConverter, VideoAnnotations
 
 
 def checked_masks(masks: list[Any], size: tuple[int, int], where: str) -> list[dict[str, Any] | None]:
-    """Verified per-frame RLEs (see :func:`~.common.checked_rle`); null entries stay null.
+    """Verified per-frame RLEs (see :func:`~.inputs.checked_rle`); null entries stay null.
 
     Raises:
         RecordError: for the first malformed RLE.

@@ -29,19 +29,8 @@ import numpy as np
 
 from ..rle import encode_rle
 from ..schema import RecordError
-from .common import (
-    Converted,
-    Converter,
-    ConvertError,
-    Item,
-    Report,
-    load_json,
-    ordered_splits,
-    polygon_mask,
-    read_frames,
-    require_dir,
-    unique_keys,
-)
+from .base import Converted, Converter, ConvertError, Item, Report
+from .inputs import load_json, ordered_splits, polygon_mask, read_frames, require_dir, unique_keys
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TARGET_OBJECT = "0"

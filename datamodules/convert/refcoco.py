@@ -26,17 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import RecordError
-from .common import (
-    Converted,
-    Converter,
-    ConvertError,
-    Item,
-    Report,
+from .base import Converted, Converter, ConvertError, Item, Report, logger
+from .inputs import (
     coco_segmentation_rle,
     first_existing,
     load_json,
     load_plain_pickle,
-    logger,
     natural_key,
     ordered_splits,
     read_frames,

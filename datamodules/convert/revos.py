@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import RecordError
-from .common import ConvertError, Report, load_json, ordered_splits
+from .base import ConvertError, Report
+from .inputs import load_json, ordered_splits
 from .mevis import MeViSConverter, checked_masks
 from .video import SplitLayout
 

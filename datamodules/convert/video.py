@@ -24,19 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import RecordError
-from .common import (
-    Converted,
-    Converter,
-    ConvertError,
-    Item,
-    Report,
-    load_json,
-    natural_key,
-    ordered_splits,
-    read_frames,
-    require_dir,
-    unique_keys,
-)
+from .base import Converted, Converter, ConvertError, Item, Report
+from .inputs import load_json, natural_key, ordered_splits, read_frames, require_dir, unique_keys
 
 META_NAME = "meta_expressions.json"
 

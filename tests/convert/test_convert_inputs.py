@@ -1,11 +1,11 @@
-"""Shared converter machinery: keys, RLE checks, polygons."""
+"""Converter input helpers: keys, RLE checks, polygons."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from datamodules.convert.common import checked_rle, coco_segmentation_rle, polygon_mask, unique_keys
+from datamodules.convert.inputs import checked_rle, coco_segmentation_rle, polygon_mask, unique_keys
 from datamodules.rle import decode_rle, encode_rle, mask_to_counts
 from datamodules.schema import RecordError
 

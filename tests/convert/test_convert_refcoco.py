@@ -13,7 +13,7 @@ from fixtures.official_layouts import write_refcoco
 
 from datamodules.convert import ConvertError, RefCOCOConverter
 from datamodules.convert.__main__ import main
-from datamodules.convert.common import load_plain_pickle
+from datamodules.convert.inputs import load_plain_pickle
 
 
 def _refs_by_image(fixture):
