@@ -35,10 +35,9 @@ import torch
 
 from instructseg.constants import TASKS, VIDEO_TASKS
 from instructseg.processing import (
+    FrameProcessor,
     TokenizedQuery,
-    clip_branch_input,
     collate_tokens,
-    mask_branch_input,
     mask_branch_target,
     tokenize_query,
 )
@@ -48,35 +47,6 @@ from .shards import Record
 
 CLIP_SAMPLERS = {"sparse": sample_clip_sparse, "global_local": sample_clip_global_local}
 STRING_FIELDS = ("task", "query_type", "text", "key", "query_id", "dataset")
-
-
-class _PreparedFrames:
-    """The frames of one record, each decoded and preprocessed at most once (queries of a record share frames)."""
-
-    def __init__(self, record: Record, mask_size: int, clip_size: int) -> None:
-        self.record = record
-        self.mask_size = mask_size
-        self.clip_size = clip_size
-        self._decoded: dict[int, np.ndarray] = {}
-        self._mask: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
-        self._clip: dict[int, torch.Tensor] = {}
-
-    def decoded(self, index: int) -> np.ndarray:
-        if index not in self._decoded:
-            self._decoded[index] = self.record.frames[index]
-        return self._decoded[index]
-
-    def mask_input(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``(3, S, S)`` mask-branch input and its valid ``(h, w)``."""
-        if index not in self._mask:
-            self._mask[index] = mask_branch_input(self.decoded(index), self.mask_size)
-        return self._mask[index]
-
-    def clip_input(self, index: int) -> torch.Tensor:
-        """``(3, S_c, S_c)`` SigLIP input."""
-        if index not in self._clip:
-            self._clip[index] = clip_branch_input(self.decoded(index), self.clip_size)
-        return self._clip[index]
 
 
 class SampleBuilder:
@@ -152,12 +122,12 @@ class SampleBuilder:
                 break
         return key, refs
 
-    def _sample(self, record: Record, index: int, key: int, refs: list[int], frames: _PreparedFrames) -> dict[str, Any]:
+    def _sample(self, record: Record, index: int, key: int, refs: list[int], frames: FrameProcessor) -> dict[str, Any]:
         """One sample of query ``index`` on the clip ``(key, refs)``."""
         query = record.queries[index]
         task = record.task
-        pixel_values, valid_hw = frames.mask_input(key)
-        clip = torch.stack([frames.clip_input(i) for i in (key, *refs)])
+        pixel_values, valid_hw = frames.mask_input(key), frames.valid_hw
+        clip = torch.stack([frames.siglip_input(i) for i in (key, *refs)])
         has_mask = task != "vqa"
         object_ids = query.get("object_ids", []) if has_mask else []
         target = mask_branch_target(record.target_mask(object_ids, key), self.mask_size)
@@ -197,7 +167,7 @@ class SampleBuilder:
         indices = range(len(record.queries))
         if self.one_query_per_record:
             indices = [int(rng.integers(len(record.queries)))]
-        frames = _PreparedFrames(record, self.mask_size, self.clip_size)
+        frames = FrameProcessor(record.frames, self.clip_size, self.mask_size, cache=True)
         samples = []
         for index in indices:
             key, refs = self._clip(record, record.queries[index], rng)

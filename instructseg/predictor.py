@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +38,10 @@ from tqdm.auto import tqdm
 
 from instructseg.constants import IMAGE_TASKS, STRATEGIES, VIDEO_TASKS
 from instructseg.export import load_export, load_training_checkpoint
-from instructseg.modeling.instructseg import InstructSeg, Selection
+from instructseg.modeling.instructseg import FrameFeatures, InstructSeg, Selection
 from instructseg.modeling.llm import CoDecodeOutput
-from instructseg.processing import (
-    clip_branch_input,
-    collate_tokens,
-    longest_side_size,
-    mask_branch_input,
-    postprocess_mask_logits,
-    tokenize_query,
-)
+from instructseg.modeling.loading import resolve_model_path
+from instructseg.processing import FrameProcessor, collate_tokens, postprocess_mask_logits, tokenize_query
 from instructseg.sampling import global_reference_frames, reference_frames_for_key
 from instructseg.video_io import ImageInput, InputError, VideoFrames, open_video
 
@@ -88,42 +81,6 @@ class VideoPrediction:
     frame_names: list[str]
 
 
-class _Frames:
-    """Reads and preprocesses frames of one video, checking that they all have the same size."""
-
-    def __init__(self, frames: VideoFrames, clip_size: int, mask_size: int, device: torch.device) -> None:
-        self.frames, self.clip_size, self.mask_size, self.device = frames, clip_size, mask_size, device
-        self.hw: tuple[int, int] | None = None
-        self.valid_hw: tuple[int, int] | None = None
-
-    def prepare(
-        self, indices: Sequence[int], clip: bool = True, mask: bool = True
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """SigLIP inputs ``(F, 3, S_clip, S_clip)`` and mask-branch inputs ``(F, 3, S_mask, S_mask)`` on device.
-
-        Frames are decoded and resized in a thread pool (Pillow releases the GIL). ``clip`` / ``mask`` = False skips
-        that branch (``None`` is returned in its place).
-        """
-
-        def one(index: int) -> tuple[tuple[int, int], torch.Tensor | None, torch.Tensor | None]:
-            frame = self.frames[index]
-            clip_input = clip_branch_input(frame, self.clip_size) if clip else None
-            return frame.shape[:2], clip_input, mask_branch_input(frame, self.mask_size)[0] if mask else None
-
-        with ThreadPoolExecutor(max(1, min(PREPROCESS_WORKERS, len(indices)))) as pool:
-            prepared = list(pool.map(one, indices))
-        for index, (hw, _, _) in zip(indices, prepared):
-            if self.hw is None:
-                self.hw, self.valid_hw = hw, longest_side_size(*hw, self.mask_size)
-            elif hw != self.hw:
-                raise InputError(
-                    f"video frame {index} is {hw[1]}x{hw[0]}, frame 0 is {self.hw[1]}x{self.hw[0]}; all frames must "
-                    "have the same size."
-                )
-        _, clips, masks = zip(*prepared)
-        return tuple(torch.stack(x).to(self.device) if wanted else None for wanted, x in ((clip, clips), (mask, masks)))
-
-
 class InstructSegPredictor:
     """Image and video segmentation from text instructions with an :class:`InstructSeg` model.
 
@@ -149,12 +106,13 @@ class InstructSegPredictor:
         dtype: torch.dtype | None = None,
         config_overrides: dict | None = None,
     ) -> InstructSegPredictor:
-        """Load an export directory (:func:`~instructseg.export.load_export`) or a training ``.ckpt``.
+        """Load an export directory (:func:`~instructseg.export.load_export`) or a training ``.ckpt``, by local path or
+        Hugging Face Hub id (:func:`~instructseg.modeling.loading.resolve_model_path`).
 
         ``config_overrides`` (training checkpoints only) is merged into the stored model config, e.g. to point the
         pretrained paths at this machine's copies.
         """
-        path = Path(path)
+        path = resolve_model_path(path)
         if path.is_dir():
             model = load_export(path)
         elif path.is_file():
@@ -179,7 +137,7 @@ class InstructSegPredictor:
             out.append({k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "instruction_mask")})
         return out
 
-    def _to_masks(self, selection: Selection, frames: _Frames) -> np.ndarray:
+    def _to_masks(self, selection: Selection, frames: FrameProcessor) -> np.ndarray:
         """Selected mask logits ``(B, h, w)`` → ``(B, H, W)`` bool masks at the original resolution."""
         out = np.zeros((selection.mask_logits.shape[0], *frames.hw), dtype=bool)
         for row in np.flatnonzero(~selection.no_target.cpu().numpy()):
@@ -201,21 +159,27 @@ class InstructSegPredictor:
         texts = _as_texts(text)
         _check_task(task, IMAGE_TASKS)
         queries = self._queries(texts, task)
-        frames = _Frames(VideoFrames([image], ["image"]), *self._sizes(), self.device)
+        frames = self._processor(VideoFrames([image], ["image"]))
         results = []
         with self._inference():
-            features = self.model.encode_frames(*frames.prepare([0]))
-            key = features.clip_tokens  # (1, N, D); the image is its own reference frame
-            pixel = self.model.pixel_decoder(features.pyramid)
+            features = self.model.encode_frames(*self._prepare(frames, [0]))
+            key, refs, ref_mask = self.model.split_clip(features.clip_tokens[None])  # the image is its own reference
             for query in queries:
-                co = self.model.co_decode(key, key[:, None], **query)
-                selection = self.model.select(self.model.decode_masks(features.pyramid, co, pixel), threshold)
+                co = self.model.co_decode(key, refs, **query, ref_mask=ref_mask)
+                selection = self.model.select(self.model.decode_masks(features, co), threshold)
                 mask = self._to_masks(selection, frames)[0]
                 results.append(ImagePrediction(mask, float(selection.score[0]), bool(selection.no_target[0])))
         return results[0] if isinstance(text, str) else results
 
-    def _sizes(self) -> tuple[int, int]:
-        return self.config.vision.image_size, self.config.mask.image_size
+    def _processor(self, frames: VideoFrames) -> FrameProcessor:
+        sizes = self.config.vision.image_size, self.config.mask.image_size
+        return FrameProcessor(frames, *sizes, workers=PREPROCESS_WORKERS)
+
+    def _prepare(
+        self, frames: FrameProcessor, indices: Sequence[int], siglip: bool = True, mask: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``frames(indices)`` on the predictor's device."""
+        return tuple(x.to(self.device) if x is not None else None for x in frames(indices, siglip, mask))
 
     def predict_video(
         self,
@@ -245,7 +209,7 @@ class InstructSegPredictor:
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}.")
         queries = self._queries(texts, task)
-        frames = _Frames(open_video(video), *self._sizes(), self.device)
+        frames = self._processor(open_video(video))
         n = len(frames.frames)
         collected = _Collector(len(queries), n)
         run = {"per_frame": self._run_per_frame, "shared": self._run_shared, "naive": self._run_naive}[strategy]
@@ -262,20 +226,19 @@ class InstructSegPredictor:
     def _decode_chunk(
         self,
         keys: Sequence[int],
-        pyramid: list[torch.Tensor],
+        features: FrameFeatures,
         co_for_query: Callable[[int], CoDecodeOutput],
         num_queries: int,
         threshold: float | None,
         emit: Callable,
     ) -> None:
-        """Stage 3 for the frames ``keys`` (rows of ``pyramid``): the pixel decoder once, then each instruction."""
-        pixel = self.model.pixel_decoder(pyramid)
+        """Stage 3 for the frames ``keys`` (rows of ``features``), each instruction on the same features."""
         for k in range(num_queries):
-            prediction = self.model.decode_masks(pyramid, co_for_query(k), pixel)
+            prediction = self.model.decode_masks(features, co_for_query(k))
             emit(k, keys, self.model.select(prediction, threshold))
 
     def _run_per_frame(
-        self, frames: _Frames, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
+        self, frames: FrameProcessor, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
     ) -> None:
         """Cached + batched paper protocol; SigLIP tokens kept in a sliding window, Swin per chunk."""
         n, r = len(frames.frames), self.config.num_reference_frames
@@ -288,47 +251,47 @@ class InstructSegPredictor:
             read_to = max(max(needs[t]) for t in keys) + 1
             if read_to > next_read:
                 new = range(next_read, read_to)
-                clip, masks = frames.prepare(new)
+                clip, masks = self._prepare(frames, new)
                 tokens.update(zip(new, self.model.encode_frames(clip).clip_tokens))
                 mask_inputs.update(zip(new, masks))
                 next_read = read_to
-            pyramid = self.model.encode_frames(None, torch.stack([mask_inputs.pop(t) for t in keys])).pyramid
+            features = self.model.encode_frames(None, torch.stack([mask_inputs.pop(t) for t in keys]))
             key = torch.stack([tokens[t] for t in keys])  # (B, N, D)
             refs = torch.stack([torch.stack([tokens[i] for i in needs[t][1:]]) for t in keys])  # (B, R, N, D)
             batched = [{name: v.expand(len(keys), -1) for name, v in query.items()} for query in queries]
             self._decode_chunk(
-                keys, pyramid, lambda k: self.model.co_decode(key, refs, **batched[k]), len(queries), threshold, emit
+                keys, features, lambda k: self.model.co_decode(key, refs, **batched[k]), len(queries), threshold, emit
             )
             keep_from = min(min(needs[t]) for t in range(keys.stop, n)) if keys.stop < n else n
             for index in [i for i in tokens if i < keep_from]:
                 del tokens[index]
 
     def _run_shared(
-        self, frames: _Frames, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
+        self, frames: FrameProcessor, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
     ) -> None:
         """One LLM pass per instruction (middle key frame, global references), then the mask decoder per chunk."""
         n, r = len(frames.frames), self.config.num_reference_frames
         key_index, ref_indices = n // 2, global_reference_frames(n, r)
         encoded = sorted({key_index, *ref_indices})
-        tokens = dict(zip(encoded, self.model.encode_frames(frames.prepare(encoded, mask=False)[0]).clip_tokens))
+        tokens = dict(zip(encoded, self.model.encode_frames(self._prepare(frames, encoded, mask=False)[0]).clip_tokens))
         key = tokens[key_index][None]  # (1, N, D)
         refs = torch.stack([tokens[i] for i in ref_indices])[None]  # (1, R, N, D)
         shared = [self.model.co_decode(key, refs, **query) for query in queries]
         for start in range(0, n, chunk):
             keys = range(start, min(n, start + chunk))
-            pyramid = self.model.encode_frames(None, frames.prepare(keys, clip=False)[1]).pyramid
+            features = self.model.encode_frames(None, self._prepare(frames, keys, siglip=False)[1])
             rows = [0] * len(keys)
-            self._decode_chunk(keys, pyramid, lambda k: shared[k].index(rows), len(queries), threshold, emit)
+            self._decode_chunk(keys, features, lambda k: shared[k].index(rows), len(queries), threshold, emit)
 
     def _run_naive(
-        self, frames: _Frames, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
+        self, frames: FrameProcessor, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
     ) -> None:
         """The reference loop: a full forward per (frame, instruction) re-encoding its 1 + R frames.
 
         Frames are preprocessed once up front (as the reference does); only the model work is repeated.
         """
         n, r = len(frames.frames), self.config.num_reference_frames
-        clip, masks = frames.prepare(range(n))
+        clip, masks = self._prepare(frames, range(n))
         for k, query in enumerate(queries):
             for t in range(n):
                 clip_frames = [t, *reference_frames_for_key(n, t, r)]

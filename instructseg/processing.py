@@ -22,7 +22,9 @@ where the text loss applies and ``IGNORE_INDEX`` elsewhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,11 +128,105 @@ def mask_branch_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple
     return out, (h, w)
 
 
-def clip_branch_input(image: np.ndarray, size: int) -> torch.Tensor:
+def siglip_branch_input(image: np.ndarray, size: int) -> torch.Tensor:
     """Plain resize to ``size x size`` and SigLIP normalisation: ``(H, W, 3)`` uint8 → ``(3, S, S)`` float."""
     resized = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC, reducing_gap=3.0))
     pixels = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
     return _normalize(pixels, SIGLIP_PIXEL_MEAN, SIGLIP_PIXEL_STD)
+
+
+class InputError(ValueError):
+    """An input image, video or instruction cannot be used (unreadable, empty, unsupported type, mixed sizes)."""
+
+
+class FrameProcessor:
+    """Turns the frames of one video (or one image) into the model's two inputs, decoding each frame once.
+
+    The Hugging Face image-processor equivalent shared by training data and the predictor: ``frames[i]`` is decoded
+    on first use; :meth:`siglip_input` / :meth:`mask_input` give one frame's inputs and ``processor(indices)`` a
+    stacked batch, prepared in a thread pool (Pillow releases the GIL).
+
+    Args:
+        frames: any indexable whose items are images accepted by :func:`to_rgb_uint8` (a
+            :class:`~instructseg.video_io.VideoFrames`, a record's lazily decoded frames, a list of arrays).
+        siglip_size: side ``S_c`` of the SigLIP input.
+        mask_size: side ``S`` of the mask-branch input.
+        cache: keep every decoded frame and prepared input (a training record whose queries share frames); off for
+            long videos, where the caller keeps what it needs.
+        workers: threads used by :meth:`__call__`.
+
+    Attributes:
+        hw: ``(H, W)`` of the frames (set by the first prepared frame; every frame must have it).
+        valid_hw: the unpadded ``(h, w)`` of a frame inside the ``S x S`` mask-branch input.
+    """
+
+    def __init__(self, frames: Any, siglip_size: int, mask_size: int, cache: bool = False, workers: int = 1) -> None:
+        self.frames, self.siglip_size, self.mask_size = frames, siglip_size, mask_size
+        self.cache, self.workers = cache, max(1, workers)
+        self.hw: tuple[int, int] | None = None
+        self.valid_hw: tuple[int, int] | None = None
+        self._decoded: dict[int, np.ndarray] = {}
+        self._siglip: dict[int, torch.Tensor] = {}
+        self._mask: dict[int, torch.Tensor] = {}
+
+    def decoded(self, index: int) -> np.ndarray:
+        """Frame ``index`` as ``(H, W, 3)`` uint8 RGB.
+
+        Raises:
+            InputError: the frame's size differs from the first prepared frame's.
+        """
+        frame = self._decoded.get(index)
+        if frame is None:
+            frame = to_rgb_uint8(self.frames[index])
+            if self.cache:
+                self._decoded[index] = frame
+        hw = frame.shape[:2]
+        if self.hw is None:
+            self.hw, self.valid_hw = hw, longest_side_size(*hw, self.mask_size)
+        elif hw != self.hw:
+            raise InputError(
+                f"video frame {index} is {hw[1]}x{hw[0]}, the first frame is {self.hw[1]}x{self.hw[0]}; all frames "
+                "must have the same size."
+            )
+        return frame
+
+    def _cached(self, store: dict[int, torch.Tensor], index: int, make: Any) -> torch.Tensor:
+        value = store.get(index)
+        if value is None:
+            value = make(self.decoded(index))
+            if self.cache:
+                store[index] = value
+        return value
+
+    def siglip_input(self, index: int) -> torch.Tensor:
+        """``(3, S_c, S_c)`` SigLIP input of frame ``index``."""
+        return self._cached(self._siglip, index, lambda f: siglip_branch_input(f, self.siglip_size))
+
+    def mask_input(self, index: int) -> torch.Tensor:
+        """``(3, S, S)`` mask-branch input of frame ``index`` (its valid region is :attr:`valid_hw`)."""
+        return self._cached(self._mask, index, lambda f: mask_branch_input(f, self.mask_size)[0])
+
+    def __call__(
+        self, indices: Sequence[int], siglip: bool = True, mask: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Stacked inputs of ``F = len(indices)`` frames: SigLIP ``(F, 3, S_c, S_c)`` and mask ``(F, 3, S, S)``.
+
+        ``siglip`` / ``mask`` = False skips that branch (``None`` in its place).
+        """
+
+        def one(index: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            return (self.siglip_input(index) if siglip else None), (self.mask_input(index) if mask else None)
+
+        indices = list(indices)
+        if indices:
+            self.decoded(indices[0])  # fixes hw before the pool runs, so a size mismatch names the right frame
+        if self.workers > 1 and len(indices) > 1:
+            with ThreadPoolExecutor(min(self.workers, len(indices))) as pool:
+                prepared = list(pool.map(one, indices))
+        else:
+            prepared = [one(i) for i in indices]
+        siglips, masks = zip(*prepared) if prepared else ((), ())
+        return (torch.stack(siglips) if siglip else None), (torch.stack(masks) if mask else None)
 
 
 def mask_branch_target(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:

@@ -7,8 +7,8 @@ Videos are given as
 
 * a list / tuple of frames (PIL images, arrays, tensors or image paths), or a ``(T, H, W, C)`` / ``(T, C, H, W)``
   array or tensor;
-* a folder of image files, read in natural sort order (``frame2`` before ``frame10``) and **lazily**: a frame is
-  decoded when it is needed, so long videos stream with bounded memory;
+* a folder of image files, read in natural sort order (:func:`natural_key`: ``frame2`` before ``frame10``) and
+  **lazily**: a frame is decoded when it is needed, so long videos stream with bounded memory;
 * a GIF (read with Pillow) or an MP4 / AVI / MOV / MKV / WebM file (read with ``imageio`` if it is installed:
   ``pip install "imageio[ffmpeg]"``). Video files are decoded up front and held as uint8 frames; for very long
   videos extract the frames into a folder instead.
@@ -28,17 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instructseg.processing import to_rgb_uint8
+from instructseg.processing import InputError, to_rgb_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".gif", ".mp4", ".avi", ".mov", ".mkv", ".webm")
 HUGE_IMAGE_PIXELS = 100_000_000
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | Path
-
-
-class InputError(ValueError):
-    """An input image, video or instruction cannot be used (unreadable, empty, unsupported type)."""
 
 
 def load_image(image: ImageInput) -> np.ndarray:
@@ -77,8 +73,26 @@ def _open_image_file(path: Path) -> Image.Image:
         raise InputError(f"Cannot read {path} as an image: {err}") from None
 
 
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[tuple[int | str, ...], str]:
+    """Sort key of the project's one natural order (frame folders, dataset video / object / query ids).
+
+    The rule: split ``name`` into alternating runs of non-digits and digits (``"Frame10b"`` -> ``"Frame"``, ``10``,
+    ``"b"``); digit runs compare as integers, other runs case-insensitively, run by run; names whose runs are all
+    equal (``"a01"`` / ``"a1"``, ``"A1"`` / ``"a1"``) are ordered by the exact name, so the order is total. Hence
+    ``"2" < "10" < "a"``, ``"frame2" < "Frame3" < "frame10"`` and ``"x9" < "x10a"``.
+
+    Args:
+        name: a file name or an id (digit runs of any length).
+
+    Returns:
+        ``(runs, name)``: the runs (non-digit runs lower-cased, digit runs as ``int``; even positions are always
+        strings, odd positions ints, so any two keys compare) and the name itself as the tie-break.
+    """
+    runs = _DIGIT_RUNS.split(name)
+    return tuple(int(run) if i % 2 else run.lower() for i, run in enumerate(runs)), name
 
 
 class VideoFrames(Sequence):
@@ -116,7 +130,9 @@ def open_video(video: Sequence[ImageInput] | np.ndarray | torch.Tensor | str | P
     if isinstance(video, (str, Path)):
         path = Path(video)
         if path.is_dir():
-            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+            files = sorted(
+                (p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: natural_key(p.name)
+            )
             if not files:
                 raise InputError(f"The folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
             return VideoFrames(files, [p.stem for p in files])

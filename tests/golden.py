@@ -54,7 +54,7 @@ def golden_outputs(tiny_root: Path) -> dict[str, torch.Tensor]:
         )
         out["co_decode.mask_queries"] = co.mask_queries
         out["co_decode.text_global"] = co.text_global
-        pred = model.decode_masks(feats.pyramid, co)
+        pred = model.decode_masks(feats, co)
         out["decode.mask_logits"] = pred.mask_logits[-1]
         out["decode.scores"] = pred.scores[-1]
         full = model(batch)

@@ -3,9 +3,10 @@
 Legend: B batch, F frames, T clip frames (1 key + up to R references), N SigLIP tokens, D LLM width, Q mask
 queries, C decoder hidden size, h x w = S_mask/4.
 
-1. :meth:`InstructSeg.encode_frames` — frozen SigLIP (+ projector) and Swin, once per frame (cacheable).
+1. :meth:`InstructSeg.encode_frames` — frozen SigLIP (+ projector), frozen Swin and the pixel decoder, once per
+   frame (cacheable; none of it depends on the instruction).
 2. :meth:`InstructSeg.co_decode` — OVP over the reference frames, then one LLM pass per (clip, instruction).
-3. :meth:`InstructSeg.decode_masks` — pixel decoder, VMTF classifier and masked-attention decoder per frame.
+3. :meth:`InstructSeg.decode_masks` — VMTF classifier and masked-attention decoder per (frame, instruction).
 
 :meth:`InstructSeg.forward` runs the three stages on a training/eval batch and :meth:`InstructSeg.select` turns the
 prediction into one mask per sample (best query by score x mean in-mask probability; "no target" below a
@@ -23,7 +24,7 @@ from torch import nn
 from instructseg.config import InstructSegConfig
 from instructseg.constants import SPECIAL_TOKENS
 from instructseg.modeling.llm import CoDecodeOutput, InstructSegLLM, gather_spans
-from instructseg.modeling.loading import full_size_hf_configs, load_part, load_tokenizer
+from instructseg.modeling.loading import full_size_hf_configs, load_part, load_tokenizer, resolve_model_path
 from instructseg.modeling.mask_decoder import MaskDecoder, MaskPrediction
 from instructseg.modeling.perceiver import ObjectAwareVideoPerceiver
 from instructseg.modeling.pixel_decoder import PixelDecoder
@@ -39,10 +40,13 @@ class FrameFeatures:
     Attributes:
         clip_tokens: ``(F, N, D)`` projected SigLIP tokens, or ``None`` if not computed.
         pyramid: 4 Swin maps ``(F, C_i, S/s_i, S/s_i)``, or ``None`` if the mask branch was not run.
+        pixel: the pixel decoder's ``(mask_features (F, C, h, w), multi_scale [3 x (F, C, ., .)])``, computed with
+            the pyramid (it depends on the frames only, so every instruction decoded on these frames shares it).
     """
 
     clip_tokens: torch.Tensor | None
     pyramid: list[torch.Tensor] | None
+    pixel: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -186,23 +190,25 @@ class InstructSeg(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> InstructSeg:
-        """Load an exported directory strictly (see :func:`instructseg.export.load_export` for ``kwargs``)."""
+        """Load an export strictly, by path or Hub id (see :func:`instructseg.export.load_export` for ``kwargs``)."""
         from instructseg.export import load_export
 
-        return load_export(path, **kwargs)
+        return load_export(resolve_model_path(path), **kwargs)
 
     def encode_frames(
         self, clip_pixel_values: torch.Tensor | None, mask_pixel_values: torch.Tensor | None = None
     ) -> FrameFeatures:
-        """Stage 1: encode F frames once.
+        """Stage 1: encode F frames once (SigLIP + projector; Swin + pixel decoder).
 
         Args:
             clip_pixel_values: ``(F, 3, S_clip, S_clip)`` SigLIP inputs, or ``None``.
             mask_pixel_values: ``(F, 3, S_mask, S_mask)`` mask-branch inputs, or ``None``.
         """
         tokens = self.siglip(clip_pixel_values) if clip_pixel_values is not None else None
-        pyramid = self.swin(mask_pixel_values) if mask_pixel_values is not None else None
-        return FrameFeatures(tokens, pyramid)
+        if mask_pixel_values is None:
+            return FrameFeatures(tokens, None)
+        pyramid = self.swin(mask_pixel_values)
+        return FrameFeatures(tokens, pyramid, self.pixel_decoder(pyramid))
 
     def co_decode(
         self,
@@ -240,51 +246,64 @@ class InstructSeg(nn.Module):
         ovp_mask = ref_mask.repeat_interleave(self.perceiver.num_latents, dim=1)  # (B, R*K)
         return self.llm(input_ids, attention_mask, instruction_mask, ovp, ovp_mask, key_tokens, labels)
 
-    def decode_masks(
-        self,
-        pyramid: list[torch.Tensor],
-        co: CoDecodeOutput,
-        pixel_features: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
-    ) -> MaskPrediction:
-        """Stage 3: mask logits and scores for each frame of ``pyramid`` (batch rows aligned with ``co``).
-
-        ``pixel_features`` is ``self.pixel_decoder(pyramid)`` when already computed (it depends on the frames only,
-        so several instructions decoded on the same frames share it).
-        """
-        mask_features, multi_scale = pixel_features or self.pixel_decoder(pyramid)
-        classifier = self.fusion(pyramid[-1], co.text_global, co.text_detailed, co.text_mask)  # (B, C)
-        return self.mask_decoder(multi_scale, mask_features, co.mask_queries.to(mask_features.dtype), classifier)
-
-    def clip_tokens(
-        self, clip_pixel_values: torch.Tensor, clip_frame_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode a padded clip batch and split it into key and reference tokens.
+    def decode_masks(self, features: FrameFeatures, co: CoDecodeOutput) -> MaskPrediction:
+        """Stage 3: mask logits and scores for each frame of ``features`` (batch rows aligned with ``co``).
 
         Args:
-            clip_pixel_values: ``(B, T, 3, S, S)``; index 0 is the key frame, 1.. references.
-            clip_frame_mask: ``(B, T)`` bool, True = real frame (default all True).
+            features: stage-1 output with the mask branch (``pyramid`` and ``pixel``) of B frames.
+            co: stage-2 output for the same B rows.
+        """
+        if features.pyramid is None or features.pixel is None:
+            raise ValueError("decode_masks: the frame features have no mask branch; pass mask_pixel_values.")
+        mask_features, multi_scale = features.pixel
+        classifier = self.fusion(features.pyramid[-1], co.text_global, co.text_detailed, co.text_mask)  # (B, C)
+        return self.mask_decoder(multi_scale, mask_features, co.mask_queries.to(mask_features.dtype), classifier)
+
+    @staticmethod
+    def split_clip(
+        tokens: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Split encoded clips into key and reference tokens.
+
+        Args:
+            tokens: ``(B, T, N, D)``; index 0 is the key frame, 1.. references (zeros where padded).
+            frame_mask: ``(B, T)`` bool, True = real frame (default all True).
 
         Returns:
             ``key (B, N, D)``, ``refs (B, max(T-1, 1), N, D)``, ``ref_mask (B, max(T-1, 1))``; a row without
             reference frames (an image) uses its key frame as its single reference.
+        """
+        b, t = tokens.shape[:2]
+        if frame_mask is None:
+            frame_mask = torch.ones(b, t, dtype=torch.bool, device=tokens.device)
+        key = tokens[:, 0]
+        refs, ref_mask = tokens[:, 1:], frame_mask[:, 1:]
+        if t == 1:
+            refs, ref_mask = key[:, None], frame_mask[:, :1]
+        refs, ref_mask = refs.clone(), ref_mask.clone()
+        no_ref = ~ref_mask.any(1)
+        refs[no_ref, 0] = key[no_ref]
+        ref_mask[no_ref, 0] = True
+        return key, refs, ref_mask
+
+    def clip_tokens(
+        self, clip_pixel_values: torch.Tensor, clip_frame_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode a padded clip batch (stage 1, real frames only) and :meth:`split_clip` it.
+
+        Args:
+            clip_pixel_values: ``(B, T, 3, S, S)``; index 0 is the key frame, 1.. references.
+            clip_frame_mask: ``(B, T)`` bool, True = real frame (default all True).
         """
         b, t = clip_pixel_values.shape[:2]
         if clip_frame_mask is None:
             clip_frame_mask = torch.ones(b, t, dtype=torch.bool, device=clip_pixel_values.device)
         if not clip_frame_mask[:, 0].all():
             raise ValueError("clip_frame_mask: frame 0 (the key frame) must be present in every row.")
-        encoded = self.siglip(clip_pixel_values[clip_frame_mask])  # (F, N, D)
+        encoded = self.encode_frames(clip_pixel_values[clip_frame_mask]).clip_tokens  # (F, N, D)
         tokens = encoded.new_zeros(b, t, *encoded.shape[1:])
         tokens[clip_frame_mask] = encoded
-        key = tokens[:, 0]
-        refs, ref_mask = tokens[:, 1:], clip_frame_mask[:, 1:]
-        if t == 1:
-            refs, ref_mask = key[:, None], clip_frame_mask[:, :1]
-        refs, ref_mask = refs.clone(), ref_mask.clone()
-        no_ref = ~ref_mask.any(1)
-        refs[no_ref, 0] = key[no_ref]
-        ref_mask[no_ref, 0] = True
-        return key, refs, ref_mask
+        return self.split_clip(tokens, clip_frame_mask)
 
     def forward(self, batch: dict) -> InstructSegOutput:
         """Run all three stages on a collated batch (see :func:`datamodules.collate_samples`).
@@ -297,7 +316,7 @@ class InstructSeg(nn.Module):
         pixel_values = batch["pixel_values"]
         if pixel_values.shape[0] != key.shape[0]:
             raise ValueError(f"pixel_values: batch {pixel_values.shape[0]} != clip batch {key.shape[0]}.")
-        pyramid = self.swin(pixel_values)
+        features = self.encode_frames(None, pixel_values)
         co = self.co_decode(
             key,
             refs,
@@ -307,7 +326,7 @@ class InstructSeg(nn.Module):
             ref_mask=ref_mask,
             labels=batch.get("labels"),
         )
-        return InstructSegOutput(self.decode_masks(pyramid, co), co.lm_loss)
+        return InstructSegOutput(self.decode_masks(features, co), co.lm_loss)
 
     @torch.no_grad()
     def select(self, prediction: MaskPrediction, threshold: float | None = None) -> Selection:

@@ -38,7 +38,7 @@ def test_stages_separately(tiny_model, batch_factory):
         )
         assert co.mask_queries.shape == (1, tiny_model.config.decoder.num_queries, tiny_model.mask_decoder.hidden_size)
         assert co.text_global.shape == (1, d) and co.text_detailed.shape[0] == 1
-        pred = tiny_model.decode_masks(feats.pyramid, co)
+        pred = tiny_model.decode_masks(feats, co)
     torch.testing.assert_close(pred.mask_logits[-1][0], ref.prediction.mask_logits[-1][1], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(pred.scores[-1][0], ref.prediction.scores[-1][1], atol=1e-4, rtol=1e-4)
 
