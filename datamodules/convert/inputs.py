@@ -239,8 +239,3 @@ SPLIT_ORDER = ("train", "val", "valid", "valid_u", "test", "testA", "testB", "te
 def ordered_splits(names: Sequence[str]) -> list[str]:
     """Split names in the usual order (train, val(id), test ...), unknown names last in alphabetical order."""
     return sorted(set(names), key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
-
-
-def natural_key(name: str) -> tuple[int, int, str]:
-    """Sort key putting numeric names in numeric order before the others (``"2"`` < ``"10"`` < ``"a"``)."""
-    return (0, int(name), name) if name.isdigit() else (1, 0, name)

@@ -20,9 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from instructseg.video_io import natural_key
+
 from ..schema import RecordError
 from .base import ConvertError
-from .inputs import checked_rle, load_json, natural_key
+from .inputs import checked_rle, load_json
 from .video import MetaExpressionsConverter, VideoAnnotations
 
 

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from instructseg.video_io import natural_key
+
 from ..schema import RecordError
 from .base import Converted, Converter, ConvertError, Item, Report, logger
 from .inputs import (
@@ -32,7 +34,6 @@ from .inputs import (
     first_existing,
     load_json,
     load_plain_pickle,
-    natural_key,
     ordered_splits,
     read_frames,
     require_dir,

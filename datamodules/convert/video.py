@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instructseg.video_io import natural_key
+
 from ..schema import RecordError
 from .base import Converted, Converter, ConvertError, Item, Report
-from .inputs import load_json, natural_key, ordered_splits, read_frames, require_dir, unique_keys
+from .inputs import load_json, ordered_splits, read_frames, require_dir, unique_keys
 
 META_NAME = "meta_expressions.json"
 
