@@ -5,12 +5,17 @@ Face id or a local directory. A missing or wrong local path gives one :class:`Pr
 path, what was expected there and how to get it. ``weights=False`` builds the same architecture from the stored
 ``config.json`` only (used when an export's single safetensors file supplies every weight).
 
+:func:`resolve_model_path` turns the ``name_or_path`` of an export (or training checkpoint) into a local path: an
+existing path as it is, a Hugging Face Hub id ``org/name`` through ``huggingface_hub.snapshot_download`` (cached;
+``HF_HUB_OFFLINE=1`` reads the cache only), anything else is an error at once.
+
 :func:`full_size_hf_configs` holds the architecture configs of the paper's checkpoints so the full-size model can be
 built on the ``meta`` device without any download (parameter counts, memory planning).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +33,72 @@ class PretrainedLoadError(FileNotFoundError):
     """A pretrained part could not be loaded from the configured path."""
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+LOCAL_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors", ".bin", ".json", ".yaml", ".yml")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name is neither a local path nor a Hub id that could be fetched."""
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` is read as a Hugging Face Hub id rather than a local path.
+
+    True for ``org/name`` (one slash, Hub characters, no file suffix such as ``.ckpt``) that is not an existing
+    local path.
+    """
+    return (
+        HUB_ID.fullmatch(name) is not None
+        and not any(token in name for token in ("..", "--"))
+        and not name.lower().endswith(LOCAL_SUFFIXES)
+        and not Path(name).exists()
+    )
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """The local path of an export directory or training checkpoint given by path or Hugging Face Hub id.
+
+    Args:
+        name_or_path: an existing local path (returned as is, ``~`` expanded), or a Hub id ``org/name``
+            (see :func:`is_hub_id`) downloaded with ``huggingface_hub.snapshot_download`` into the Hub cache
+            (``HF_HUB_CACHE``); with ``HF_HUB_OFFLINE=1`` only the cache is read.
+
+    Returns:
+        The local path (for a Hub id, the snapshot directory in the cache).
+
+    Raises:
+        ModelNotFoundError: no such local path and not a Hub id (raised at once, without any network access),
+            or a Hub id that is neither in the cache nor downloadable.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    name = str(name_or_path)
+    if not is_hub_id(name):
+        raise ModelNotFoundError(
+            f"No export directory or training checkpoint at {path}, and {name!r} is not a Hugging Face Hub id "
+            "(org/name). Check the path, or give a Hub id."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name))
+    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotFoundError(
+            f"No export directory or training checkpoint at {path}, and the Hugging Face Hub repo {name!r} could "
+            f"not be fetched ({first_line}). Check the path or the repo id; offline, download the repo once "
+            "beforehand (it is cached) and set HF_HUB_OFFLINE=1 to read the cache only."
+        ) from None
+
+
 def _looks_local(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
+    """A pretrained part's path is local unless it is a Hub id whose ``org`` is not a local folder either.
+
+    (``transformers`` retries a missing Hub id for ~30 s offline, so a mistyped ``tiny/llm`` must be caught here.)
+    """
+    return not is_hub_id(path) or Path(path.split("/")[0]).exists()
 
 
 def check_pretrained_dir(path: str, part: str, need_weights: bool = True) -> None:
