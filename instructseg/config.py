@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 PRESETS = ("tiny", "instructseg-phi2")
+#: Behaviour profiles: ``"instructseg"`` (this project's, for training from scratch) and ``"official"`` (reproduces the
+#: released code and weights of ``weic22/InstructSeg``; set by ``instructseg.official.convert_official``).
+PROFILES = ("instructseg", "official")
 
 
 @dataclass
@@ -132,6 +135,9 @@ class InstructSegConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     num_reference_frames: int = 4
     """R: reference frames fed to the OVP for videos (images use themselves as their single reference)."""
+    profile: str = "instructseg"
+    """``"official"`` reproduces the released code where it differs from this project's design: the pixel decoder's
+    FPN convolutions have biases and the lateral branch ends in a ReLU (see :data:`PROFILES`)."""
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -160,6 +166,7 @@ class InstructSegConfig:
             ("loss.importance_sample_ratio", 0.0 <= self.loss.importance_sample_ratio <= 1.0),
             ("loss.oversample_ratio", self.loss.oversample_ratio >= 1.0),
             ("num_reference_frames", self.num_reference_frames >= 1),
+            ("profile", self.profile in PROFILES),
         ]
         for name, ok in checks:
             if not ok:

@@ -108,7 +108,7 @@ class InstructSeg(nn.Module):
         llm_dim = lm.config.hidden_size
         self.siglip = SiglipEncoder(siglip, llm_dim, config.vision.select_layer)
         self.swin = SwinPyramid(mask2former.pixel_level_module.encoder, frozen=config.mask.freeze_backbone)
-        self.pixel_decoder = PixelDecoder(mask2former.pixel_level_module.decoder)
+        self.pixel_decoder = PixelDecoder(mask2former.pixel_level_module.decoder, config.profile == "official")
         self.mask_decoder = MaskDecoder(mask2former.transformer_module, config.decoder.num_queries)
         p = config.perceiver
         self.perceiver = ObjectAwareVideoPerceiver(llm_dim, p.num_latents, p.depth, p.heads, p.dim_head, p.ff_mult)
