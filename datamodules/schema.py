@@ -36,11 +36,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from instructseg.constants import TASKS
+from instructseg.constants import QUERY_TYPES, TASKS
 
 from .rle import rle_size
 
-QUERY_TYPES = ("referring", "reasoning", "no_target")
 FRAME_EXTENSIONS = ("jpg", "jpeg", "png")
 _RLE_STRING = re.compile(r"^[0-o]*$")
 
@@ -65,7 +64,11 @@ def _positive_int(value: Any) -> bool:
 
 
 def check_rle_size(rle: Any, height: int, width: int, where: str) -> None:
-    """Raise ``RecordError`` ``"bad_rle"`` for a malformed RLE header, ``"mask_size"`` if it is not ``height x width``."""
+    """Check an RLE's header against the record size.
+
+    Raises:
+        RecordError: ``"bad_rle"`` for a malformed RLE header, ``"mask_size"`` if it is not ``height x width``.
+    """
     try:
         size = rle_size(rle)
     except ValueError as exc:

@@ -36,14 +36,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from instructseg.constants import IMAGE_TASKS, REVOS_TYPE_IDS, VIDEO_TASKS
+
 from .rle import encode_rle
 from .shards import RecordWriter, iter_records
 
-TASK_CYCLE = ("res", "reasonseg", "rvos", "reasonvos")
+TASK_CYCLE = IMAGE_TASKS + VIDEO_TASKS
 SPLITS = {"train": 0, "val": 1}
 NO_TARGET_RATE = 0.15
 MOTION_PREFERENCE = 0.6
-TYPE_IDS = {"referring": 0, "reasoning": 1, "no_target": 2}
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -351,7 +352,7 @@ def _make_query(
     rng: np.random.Generator, objects: list[Shape], task: str, size: int, target: int, no_target: bool
 ) -> dict[str, Any] | None:
     """One query about ``objects[target]`` (or about nothing), or ``None`` when no phrase singles it out."""
-    video = task in ("rvos", "reasonvos")
+    video = task in VIDEO_TASKS
     if no_target:
         options = no_target_candidates(objects, video)
         if not options:
@@ -392,7 +393,7 @@ def make_queries(rng: np.random.Generator, objects: list[Shape], task: str, size
             query = _make_query(rng, objects, task, size, int(rng.choice(unused)), no_target)
             if query is not None and query["text"] not in {q["text"] for q in queries}:
                 query["id"] = str(len(queries))
-                query["type_id"] = TYPE_IDS[query["type"]]
+                query["type_id"] = REVOS_TYPE_IDS[query["type"]]
                 queries.append(query)
                 break
     return queries
@@ -417,7 +418,7 @@ def render_frames(objects: list[Shape], num_frames: int, size: int, background: 
 
 def generate_record(rng: np.random.Generator, task: str, size: int) -> tuple[dict[str, Any], list[np.ndarray]]:
     """One record (metadata in the shard schema, frames) of ``task``."""
-    video = task in ("rvos", "reasonvos")
+    video = task in VIDEO_TASKS
     num_frames = int(rng.integers(6, 9)) if video else 1
     while True:
         objects = make_scene(rng, size, num_frames)
@@ -507,7 +508,7 @@ def trivial_baselines(val_dir: str | Path) -> dict[str, dict[str, float]]:
             target = np.stack([record.target_mask(query["object_ids"], t) for t in frames])
             for name, pred in predictions.items():
                 inter, union, iou = frame_iou(pred, target)
-                if record.task not in ("rvos", "reasonvos"):
+                if record.task not in VIDEO_TASKS:
                     sums[name]["inter"] += int(inter.sum())
                     sums[name]["union"] += int(union.sum())
                     sums[name]["image_iou"].append(float(iou.mean()))

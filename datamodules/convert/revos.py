@@ -23,13 +23,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from instructseg.constants import REVOS_TYPE_IDS, REVOS_TYPE_NAMES
+
 from ..schema import RecordError
 from .base import ConvertError, Report
 from .inputs import load_json, ordered_splits
 from .mevis import MeViSConverter, checked_masks
 from .video import SplitLayout
 
-TYPES = {0: "referring", 1: "reasoning", 2: "no_target"}
 _META_FILE = re.compile(r"^meta_expressions_(.+?)_?\.json$")
 
 
@@ -76,10 +77,12 @@ class ReVOSConverter(MeViSConverter):
     def make_query(self, exp_id: str, expression: Any, where: str) -> dict[str, Any]:
         query = super().make_query(exp_id, expression, where)
         type_id = expression.get("type_id")
-        if type_id is not None and (not isinstance(type_id, int) or type_id not in TYPES):
-            raise RecordError("bad_type_id", f"{where}: 'type_id' {type_id!r} is not one of {sorted(TYPES)}.")
-        query_type = TYPES.get(type_id, "referring")
-        if query["object_ids"] == [] or (query["object_ids"] is None and type_id == 2):
+        if type_id is not None and (not isinstance(type_id, int) or type_id not in REVOS_TYPE_NAMES):
+            raise RecordError(
+                "bad_type_id", f"{where}: 'type_id' {type_id!r} is not one of {sorted(REVOS_TYPE_NAMES)}."
+            )
+        query_type = REVOS_TYPE_NAMES.get(type_id, "referring")
+        if query["object_ids"] == [] or (query["object_ids"] is None and type_id == REVOS_TYPE_IDS["no_target"]):
             query_type = "no_target"
         elif query_type == "no_target":
             raise RecordError("type_mismatch", f"{where}: a no-target expression (type_id 2) names objects.")
