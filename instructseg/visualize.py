@@ -1,7 +1,9 @@
 """Mask overlays (PNG / animated GIF) and masks in the official submission layout.
 
-* :func:`overlay_mask` tints a mask on an image, outlines it and optionally writes the instruction on top;
-  :func:`save_overlay_png` and :func:`save_overlay_gif` save such overlays for one image or one video.
+* :func:`overlay_mask` draws a mask on an image so that it stays visible on any object: a tint whose colour is
+  chosen against the masked pixels' mean colour, diagonal hatching and a 2-px outline in that colour. A caption
+  strip **above** the frame (never over it) carries the instruction and a label with the score and the no-target
+  answer. :func:`save_overlay_png` and :func:`save_overlay_gif` save such overlays for one image or one video.
 * :func:`side_by_side` puts pictures next to each other (prediction vs ground truth).
 * :func:`save_submission_masks` writes ``<root>/Annotations/<video>/<exp_id>/<frame>.png`` as 0/255 single-channel
   PNGs, the layout of the Ref-YouTube-VOS server and of the ReVOS evaluation script.
@@ -19,6 +21,19 @@ from scipy.ndimage import binary_erosion
 ImageLike = Image.Image | np.ndarray
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
+#: Tint candidates; :func:`contrast_color` picks the one farthest from the object's mean colour.
+PALETTE = (
+    (255, 40, 40),  # red
+    (40, 220, 40),  # green
+    (40, 120, 255),  # blue
+    (255, 220, 0),  # yellow
+    (255, 0, 255),  # magenta
+    (0, 230, 230),  # cyan
+)
+STRIP_COLOR = (24, 24, 24)
+HATCH_PERIOD = 8  # px between hatching lines (after enlargement)
+HATCH_WIDTH = 2
+
 
 def _as_numpy(array) -> np.ndarray:
     """Converts a numpy array or a (possibly CUDA) tensor to numpy."""
@@ -35,6 +50,38 @@ def _as_rgb_array(image: ImageLike) -> np.ndarray:
     return array.astype(np.uint8, copy=True)
 
 
+def _color_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ "Redmean" weighted RGB distance (a cheap approximation of perceived colour difference); broadcasts."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mean_red = (a[..., 0] + b[..., 0]) / 2
+    weights = np.stack([2 + mean_red / 256, np.full_like(mean_red, 4.0), 2 + (255 - mean_red) / 256], axis=-1)
+    return np.sqrt((weights * (a - b) ** 2).sum(-1))
+
+
+def contrast_color(image: np.ndarray, mask: np.ndarray) -> tuple[int, int, int]:
+    """The :data:`PALETTE` colour farthest from the mean colour of ``image``'s pixels under ``mask``.
+
+    Args:
+        image: (H, W, 3) uint8.
+        mask: (H, W) bool; an empty mask gives the first palette colour.
+    """
+    if not mask.any():
+        return PALETTE[0]
+    mean = image[mask].reshape(-1, 3).mean(0)
+    return PALETTE[int(np.argmax(_color_distance(np.asarray(PALETTE), mean)))]
+
+
+def prediction_label(score: float | None, no_target: bool | None, empty: bool) -> str:
+    """The answer written under the caption: ``"score 0.87 | target"``, ``"score 0.12 | no target"``.
+
+    A target with an empty mask (the selected query's mask has no pixel above 0.5) says so.
+    """
+    parts = [] if score is None else [f"score {score:.2f}"]
+    if no_target is not None:
+        parts.append("no target" if no_target else ("target, empty mask" if empty else "target"))
+    return " | ".join(parts)
+
+
 def _wrap_text(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: int) -> list[str]:
     """Greedy word wrap of ``text`` into lines no wider than ``max_width`` pixels (long words stay whole)."""
     lines: list[str] = []
@@ -47,35 +94,46 @@ def _wrap_text(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: int)
     return lines
 
 
-def _draw_caption(image: Image.Image, caption: str, padding: int = 4, spacing: int = 4) -> None:
-    """Writes ``caption`` in white on a semi-transparent dark strip across the top of ``image`` (in place).
+def add_caption_strip(
+    image: Image.Image, caption: str | None, label: str = "", max_lines: int = 6, padding: int = 6
+) -> Image.Image:
+    """``image`` below a dark strip holding ``caption`` (white, word-wrapped) and ``label`` (yellow, own line).
 
-    The text is word-wrapped to the image width; lines that would take the strip below half the image height are
-    dropped and the last kept line ends with "...".
+    The strip is added above the frame, so no pixel of the picture is covered. The font size follows the image
+    width; captions longer than ``max_lines`` lines end with "...".
+
+    Returns:
+        A new (H + strip, W) RGB image; ``image`` itself when there is no text.
     """
-    draw = ImageDraw.Draw(image, "RGBA")
-    font = ImageFont.load_default()
-    lines = _wrap_text(draw, caption, font, image.width - 2 * padding)
-    line_height = draw.textbbox((0, 0), "Ag", font=font)[3] + spacing
-    max_lines = max(1, (image.height // 2 - padding) // line_height)
+    if not caption and not label:
+        return image
+    font = ImageFont.load_default(size=max(11, min(22, image.width // 28)))
+    draw = ImageDraw.Draw(image)
+    width = image.width - 2 * padding
+    lines = _wrap_text(draw, caption or "", font, width)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
         lines[-1] += " ..."
-    text = "\n".join(lines)
-    text_bottom = draw.multiline_textbbox((padding, padding), text, font=font, spacing=spacing)[3]
-    draw.rectangle((0, 0, image.width, text_bottom + padding), fill=(0, 0, 0, 170))
-    draw.multiline_text((padding, padding), text, font=font, fill=(255, 255, 255, 255), spacing=spacing)
+    rows = [(line, (255, 255, 255)) for line in lines] + [
+        (line, (255, 220, 0)) for line in _wrap_text(draw, label, font, width)
+    ]
+    line_height = round(font.size * 1.3)
+    canvas = Image.new("RGB", (image.width, 2 * padding + line_height * len(rows) + image.height), STRIP_COLOR)
+    text = ImageDraw.Draw(canvas)
+    for row, (line, fill) in enumerate(rows):
+        text.text((padding, padding + row * line_height), line, font=font, fill=fill)
+    canvas.paste(image, (0, canvas.height - image.height))
+    return canvas
 
 
-def overlay_mask(
+def draw_mask(
     image: ImageLike,
     mask: np.ndarray,
-    color: tuple[int, int, int] = (255, 64, 64),
-    alpha: float = 0.5,
-    caption: str | None = None,
+    color: tuple[int, int, int] | None = None,
+    alpha: float = 0.45,
     min_size: int = 256,
 ) -> Image.Image:
-    """Tints ``mask`` on ``image``, outlines it and optionally writes a caption.
+    """Tints ``mask`` on ``image``, hatches it diagonally and outlines it (2 px), all in one contrasting colour.
 
     Images whose longest side is below ``min_size`` are first enlarged by an integer factor (nearest neighbour, so
     mask edges stay exact) to keep small frames and their captions readable.
@@ -83,29 +141,57 @@ def overlay_mask(
     Args:
         image: PIL image or (H, W, 3) uint8 array.
         mask: (H, W) bool or 0/1 array (or tensor).
-        color: RGB tint; the 2-px contour uses the same colour lightened halfway to white.
-        alpha: opacity of the tint inside the mask.
-        caption: text written on a dark strip at the top (e.g. the instruction), wrapped to the image width.
+        color: RGB of the tint, hatching and outline; default :func:`contrast_color` of the masked pixels.
+        alpha: opacity of the tint inside the mask (the hatching lines and the outline are opaque).
         min_size: enlarge smaller images by ``ceil(min_size / max(H, W))``.
 
     Returns:
-        The (k*H, k*W) RGB overlay, k >= 1 the enlargement factor.
+        The (k*H, k*W) RGB picture, k >= 1 the enlargement factor.
     """
     rgb = _as_rgb_array(image)
     region = _as_numpy(mask).astype(bool)
     if region.shape != rgb.shape[:2]:
         raise ValueError(f"mask shape {region.shape} != image shape {rgb.shape[:2]}")
+    tint = np.asarray(color if color is not None else contrast_color(rgb, region), dtype=np.float32)
     factor = max(1, -(-min_size // max(rgb.shape[:2])))
     rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
     region = region.repeat(factor, axis=0).repeat(factor, axis=1)
-    tint = np.asarray(color, dtype=np.float32)
     rgb[region] = (rgb[region] * (1 - alpha) + tint * alpha).round().astype(np.uint8)
+    rows, cols = np.indices(region.shape)
+    hatch = region & ((rows + cols) % HATCH_PERIOD < HATCH_WIDTH)
     contour = region & ~binary_erosion(region, iterations=2, border_value=1)
-    rgb[contour] = ((tint + 255) / 2).round().astype(np.uint8)
-    result = Image.fromarray(rgb)
-    if caption:
-        _draw_caption(result, caption)
-    return result
+    rgb[hatch | contour] = tint.astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+def overlay_mask(
+    image: ImageLike,
+    mask: np.ndarray,
+    caption: str | None = None,
+    score: float | None = None,
+    no_target: bool | None = None,
+    color: tuple[int, int, int] | None = None,
+    alpha: float = 0.45,
+    min_size: int = 256,
+) -> Image.Image:
+    """:func:`draw_mask` below a caption strip with the instruction and the score / no-target label.
+
+    Args:
+        image: PIL image or (H, W, 3) uint8 array.
+        mask: (H, W) bool or 0/1 array (or tensor).
+        caption: text on the strip above the frame (e.g. the instruction), wrapped to the image width.
+        score: the prediction's score, written under the caption.
+        no_target: the no-target answer, written under the caption.
+        color: tint colour, default :func:`contrast_color` (see :func:`draw_mask`).
+        alpha: tint opacity (see :func:`draw_mask`).
+        min_size: smaller images are enlarged (see :func:`draw_mask`).
+
+    Returns:
+        The RGB overlay (the strip is added only when there is some text; see :func:`add_caption_strip`).
+    """
+    picture = draw_mask(image, mask, color, alpha, min_size)
+    label = prediction_label(score, no_target, empty=not _as_numpy(mask).any())
+    return add_caption_strip(picture, caption, label)
 
 
 def side_by_side(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
@@ -122,23 +208,44 @@ def side_by_side(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
 
 
 def overlay_with_target(
-    image: ImageLike, mask: np.ndarray, target: np.ndarray | None = None, caption: str | None = None
+    image: ImageLike,
+    mask: np.ndarray,
+    target: np.ndarray | None = None,
+    caption: str | None = None,
+    score: float | None = None,
+    no_target: bool | None = None,
 ) -> Image.Image:
-    """The prediction overlay, with the ground truth (green) side by side when ``target`` is given."""
-    picture = overlay_mask(image, mask, caption=caption)
+    """:func:`overlay_mask`, with the ground truth side by side (right, one shared caption strip) when given."""
     if target is None:
-        return picture
-    return side_by_side([picture, overlay_mask(image, target, color=(64, 200, 64), caption="ground truth")])
+        return overlay_mask(image, mask, caption, score, no_target)
+    label = prediction_label(score, no_target, empty=not _as_numpy(mask).any())
+    label = f"{label} | right: ground truth" if label else "right: ground truth"
+    return add_caption_strip(side_by_side([draw_mask(image, mask), draw_mask(image, target)]), caption, label)
 
 
 def save_overlay_png(
-    path: str | Path, image: ImageLike, mask: np.ndarray, caption: str | None = None, target: np.ndarray | None = None
+    path: str | Path,
+    image: ImageLike,
+    mask: np.ndarray,
+    caption: str | None = None,
+    target: np.ndarray | None = None,
+    score: float | None = None,
+    no_target: bool | None = None,
 ) -> Path:
     """Saves :func:`overlay_with_target` as a PNG, creating parent directories; returns ``path`` as a ``Path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    overlay_with_target(image, mask, target, caption).save(path)
+    overlay_with_target(image, mask, target, caption, score, no_target).save(path)
     return path
+
+
+def _pad_top(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` at the bottom-left of a ``size`` canvas of the strip colour (frames stay aligned in a GIF)."""
+    if image.size == size:
+        return image
+    canvas = Image.new("RGB", size, STRIP_COLOR)
+    canvas.paste(image, (0, size[1] - image.height))
+    return canvas
 
 
 def save_overlay_gif(
@@ -148,6 +255,8 @@ def save_overlay_gif(
     caption: str | None = None,
     fps: float = 4,
     targets: Sequence[np.ndarray] | None = None,
+    scores: Sequence[float] | None = None,
+    no_target: Sequence[bool] | None = None,
 ) -> Path:
     """Saves the overlays of a video as a looping animated GIF, creating parent directories.
 
@@ -157,15 +266,23 @@ def save_overlay_gif(
         masks: T (H, W) masks, or a (T, H, W) array.
         caption: text written on every frame.
         fps: frames per second. Pillow merges consecutive identical frames into one longer frame.
-        targets: optional T ground-truth masks shown side by side in green.
+        targets: optional T ground-truth masks shown side by side.
+        scores: optional T scores, written on their frames.
+        no_target: optional T no-target answers, written on their frames.
 
     Returns:
         ``path`` as a ``Path``.
     """
-    if len(frames) != len(masks) or not len(frames) or (targets is not None and len(targets) != len(frames)):
-        raise ValueError(f"need as many masks as frames (at least one), got {len(frames)} frames, {len(masks)} masks")
-    targets = [None] * len(frames) if targets is None else targets
-    overlays = [overlay_with_target(f, m, t, caption) for f, m, t in zip(frames, masks, targets)]
+    n = len(frames)
+    if not n or any(x is not None and len(x) != n for x in (masks, targets, scores, no_target)):
+        raise ValueError(
+            f"need as many masks (targets, scores, no-target flags) as frames (at least one), got {n} frames, "
+            f"{len(masks)} masks"
+        )
+    per_frame = [[None] * n if x is None else list(x) for x in (targets, scores, no_target)]
+    overlays = [overlay_with_target(f, m, t, caption, s, e) for f, m, t, s, e in zip(frames, masks, *per_frame)]
+    size = (max(o.width for o in overlays), max(o.height for o in overlays))  # labels may wrap differently
+    overlays = [_pad_top(o, size) for o in overlays]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     overlays[0].save(path, save_all=True, append_images=overlays[1:], duration=round(1000 / fps), loop=0)
