@@ -38,7 +38,7 @@ def curve(metrics_csv: Path) -> list[dict[str, float]]:
 def diagnose(checkpoint: str, val_glob: str = "data/synthetic/val/*.tar", batches: int = 12) -> dict[str, float]:
     """Mean IoU of the selected query, the best query and the top-score query on validation key frames."""
     from datamodules import InstructSegDataModule
-    from instructseg.export import load_training_checkpoint
+    from instructseg.checkpoint import load_training_checkpoint
 
     model = load_training_checkpoint(checkpoint).eval()
     config = model.config

@@ -125,7 +125,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from instructseg.export import export_checkpoint
+    from instructseg.checkpoint import export_checkpoint
 
     metrics = None
     if args.metrics:

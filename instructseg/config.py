@@ -190,7 +190,7 @@ class InstructSegConfig:
             raise ValueError(f"Unknown preset {name!r}; choose one of {PRESETS}.")
         base = _tiny_dict() if name == "tiny" else {}
         base["name"] = name
-        return cls.from_dict(_deep_update(base, overrides))
+        return cls.from_dict(deep_update(base, overrides))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstructSegConfig:
@@ -244,11 +244,12 @@ def _tiny_dict() -> dict[str, Any]:
     }
 
 
-def _deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in recursively (nested dicts merged, other values replaced; inputs unchanged)."""
     out = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_update(out[key], value)
+            out[key] = deep_update(out[key], value)
         else:
             out[key] = value
     return out

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from instructseg.checkpoint import CONFIG_KEY, absolute_pretrained_paths, check_trainable_state, trainable_state
 from instructseg.config import InstructSegConfig
 from instructseg.constants import TASKS
 from instructseg.losses import InstructSegCriterion
@@ -172,30 +173,19 @@ class InstructSegModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {f"model.{name}" for name in self.model.trainable_parameters()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["model_config"] = self.model_config.to_dict()
+        """Keep only the trainable weights, the model config (absolute pretrained paths) and the RNG state."""
+        checkpoint["state_dict"] = trainable_state(self.model, checkpoint["state_dict"])
+        checkpoint[CONFIG_KEY] = absolute_pretrained_paths(self.model_config.to_dict())
         # the loss samples points at random and LoRA uses dropout: the RNG state makes resuming exact
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        expected = {f"model.{name}" for name in self.model.trainable_parameters()}
-        got = set(checkpoint["state_dict"])
-        if got != expected:
-            stored = checkpoint.get("model_config", {}).get("name", "?")
-            raise ValueError(
-                f"checkpoint from a different preset/config (stored preset {stored!r}, this model "
-                f"{self.model_config.name!r}): missing keys {sorted(expected - got)[:8]}, unexpected keys "
-                f"{sorted(got - expected)[:8]}."
-            )
+        """Check the stored trainable weights against this model strictly and restore the RNG state."""
+        check_trainable_state(self.model, checkpoint["state_dict"], checkpoint.get(CONFIG_KEY), "checkpoint")
         rng = checkpoint.get("rng_state", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        own = self.state_dict()
-        wrong = [k for k in expected if own[k].shape != checkpoint["state_dict"][k].shape]
-        if wrong:
-            raise ValueError(f"checkpoint from a different preset/config: shape mismatch for {sorted(wrong)[:8]}.")

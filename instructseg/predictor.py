@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from instructseg.checkpoint import load_training_checkpoint
 from instructseg.constants import IMAGE_TASKS, STRATEGIES, VIDEO_TASKS
-from instructseg.export import load_export, load_training_checkpoint
 from instructseg.modeling.instructseg import FrameFeatures, InstructSeg, Selection
 from instructseg.modeling.llm import CoDecodeOutput
 from instructseg.modeling.loading import resolve_model_path
@@ -106,7 +106,7 @@ class InstructSegPredictor:
         dtype: torch.dtype | None = None,
         config_overrides: dict | None = None,
     ) -> InstructSegPredictor:
-        """Load an export directory (:func:`~instructseg.export.load_export`) or a training ``.ckpt``, by local path or
+        """Load an export directory (:meth:`InstructSeg.from_pretrained`) or a training ``.ckpt``, by local path or
         Hugging Face Hub id (:func:`~instructseg.modeling.loading.resolve_model_path`).
 
         ``config_overrides`` (training checkpoints only) is merged into the stored model config, e.g. to point the
@@ -114,7 +114,7 @@ class InstructSegPredictor:
         """
         path = resolve_model_path(path)
         if path.is_dir():
-            model = load_export(path)
+            model = InstructSeg.from_pretrained(path)
         elif path.is_file():
             model = load_training_checkpoint(path, config_overrides)
         else:

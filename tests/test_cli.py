@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from instructseg.cli import main
-from instructseg.export import export_model, load_export
 from instructseg.modeling.instructseg import InstructSeg
 
 
@@ -74,7 +73,7 @@ def test_export_from_checkpoint_and_make_tiny(tiny_config, tmp_path):
         main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--metrics", str(tmp_path / "metrics.json")]) == 0
     )
     assert "| J&F | 0.6100 |" in (out / "README.md").read_text()
-    load_export(out)
+    InstructSeg.from_pretrained(out)
     assert main(["make-tiny", "--out", str(tmp_path / "tiny")]) == 0
     assert all((tmp_path / "tiny" / part / "config.json").is_file() for part in ("siglip", "llm", "mask2former"))
 

@@ -7,14 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from instructseg.export import (
-    ExportFormatError,
-    WeightsMismatchError,
-    export_model,
-    load_export,
-    load_trainable_weights,
-    load_training_checkpoint,
-)
+from instructseg.checkpoint import load_trainable_weights, load_training_checkpoint
+from instructseg.io import ExportFormatError, WeightsMismatchError, safetensors_state
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.predictor import InstructSegPredictor
 
@@ -34,7 +28,7 @@ def trained_model(tiny_config) -> InstructSeg:
 @pytest.fixture(scope="module")
 def export_dir(trained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "tiny"
-    return export_model(trained_model, out, metrics={"cIoU": 0.5, "steps": 10}, training_config={"lr": 4e-5})
+    return trained_model.save_pretrained(out, metrics={"cIoU": 0.5, "steps": 10}, training_config={"lr": 4e-5})
 
 
 def _outputs(model: InstructSeg, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +58,8 @@ def test_export_directory_layout(export_dir, trained_model):
     assert any(k.startswith("siglip.tower.") for k in weights) and any(k.startswith("swin.tower.") for k in weights)
     assert not any("lora" in k for k in weights)
     card = (export_dir / "README.md").read_text()
-    assert "| cIoU | 0.5000 |" in card and '"lr": 4e-05' in card and "from_pretrained" in card
-    assert not list(export_dir.parent.glob("*.tmp-*"))
+    assert "| cIoU | 0.5000 |" in card and "- lr: `4e-05`" in card and "from_pretrained" in card
+    assert not list(export_dir.parent.glob(".*tmp-*"))
     assert any("lora_B" in k for k in trained_model.state_dict()), "the caller's model must keep its LoRA"
 
 
@@ -96,7 +90,7 @@ def test_tampered_weights_list_missing_and_unexpected_keys(export_dir, tmp_path)
     (tampered / "model.safetensors").unlink()
     save_file(weights, str(tampered / "model.safetensors"))
     with pytest.raises(WeightsMismatchError, match="missing") as err:
-        load_export(tampered)
+        InstructSeg.from_pretrained(tampered)
     assert "llm.mask_queries" in str(err.value) and "extra.weight" in str(err.value)
 
 
@@ -108,24 +102,24 @@ def test_interrupted_export_leaves_nothing_that_loads(trained_model, tmp_path, m
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        export_model(trained_model, tmp_path / "new")
+        trained_model.save_pretrained(tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
     # A crash that skips the clean-up leaves a temp dir without config.json (written last): it never loads.
     partial = tmp_path / "new.tmp-1"
     partial.mkdir()
     (partial / "model.safetensors").symlink_to(export_dir / "model.safetensors")
     with pytest.raises(ExportFormatError, match="not a complete"):
-        load_export(partial)
+        InstructSeg.from_pretrained(partial)
 
 
 def test_failed_re_export_keeps_the_previous_export(trained_model, tmp_path, monkeypatch):
-    out = export_model(trained_model, tmp_path / "model")
-    export_model(trained_model, out)  # replacing an existing export works
-    monkeypatch.setattr("instructseg.export._model_card", lambda *a: 1 / 0)
+    out = trained_model.save_pretrained(tmp_path / "model")
+    trained_model.save_pretrained(out, overwrite=True)  # replacing an existing export works
+    monkeypatch.setattr("instructseg.modeling.instructseg.model_card", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        export_model(trained_model, out)
+        trained_model.save_pretrained(out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    load_export(out)
+    InstructSeg.from_pretrained(out)
 
 
 def test_other_format_version_is_rejected(export_dir, tmp_path):
@@ -137,7 +131,7 @@ def test_other_format_version_is_rejected(export_dir, tmp_path):
     (other / "config.json").unlink()
     (other / "config.json").write_text(json.dumps({**config, "format_version": 2}))
     with pytest.raises(ExportFormatError, match="format_version 2"):
-        load_export(other)
+        InstructSeg.from_pretrained(other)
 
 
 def test_training_checkpoint_loads_trainable_weights(trained_model, tmp_path):
@@ -170,7 +164,7 @@ def test_training_checkpoint_mismatches_are_clear(trained_model, tmp_path):
     with pytest.raises(WeightsMismatchError, match="model.llm.mask_queries"):
         load_training_checkpoint(_write_ckpt(trained_model, tmp_path / "a.ckpt", drop="llm.mask_queries"))
     path = _write_ckpt(trained_model, tmp_path / "b.ckpt")
-    with pytest.raises(WeightsMismatchError, match="checkpoint from a different preset") as err:
+    with pytest.raises(WeightsMismatchError, match="another configuration") as err:
         load_training_checkpoint(path, config_overrides={"decoder": {"num_queries": 4}})
     assert "llm.mask_queries: stored (8, 64) vs model (4, 64)" in str(err.value)
     state = torch.load(path, weights_only=True)["state_dict"]
@@ -178,16 +172,64 @@ def test_training_checkpoint_mismatches_are_clear(trained_model, tmp_path):
     with pytest.raises(WeightsMismatchError, match="checkpoint from a different preset"):
         load_trainable_weights(trained_model, state, other)
     (tmp_path / "d.ckpt").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="Cannot read"):
+    with pytest.raises(ValueError, match="not a readable training checkpoint") as err:
         load_training_checkpoint(tmp_path / "d.ckpt")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_tied_weights_are_saved_as_separate_tensors(tmp_path):
-    from instructseg.export import _safetensors_state
-
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
     model[1].weight = model[0].weight
-    state = _safetensors_state(model)
+    state = safetensors_state(model)
     save_file(state, str(tmp_path / "tied.safetensors"))
     loaded = load_file(str(tmp_path / "tied.safetensors"))
     torch.testing.assert_close(loaded["1.weight"], model[0].weight.detach())
+
+
+def test_export_never_replaces_a_user_folder_and_needs_overwrite(trained_model, tmp_path):
+    user = tmp_path / "my-folder"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an instructseg export"):
+        trained_model.save_pretrained(user)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    out = trained_model.save_pretrained(tmp_path / "export")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        trained_model.save_pretrained(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "my-folder"]  # no temporary folder left
+
+
+def test_export_files_have_normal_permissions(export_dir):
+    assert export_dir.stat().st_mode & 0o777 == 0o755
+    assert (export_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (export_dir / "llm" / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_non_finite_weights_are_an_error(export_dir, tmp_path):
+    bad = tmp_path / "nan"
+    bad.mkdir()
+    for item in export_dir.iterdir():
+        if item.name != "model.safetensors":
+            (bad / item.name).symlink_to(item)
+    state = load_file(str(export_dir / "model.safetensors"))
+    name = next(k for k in state if k.startswith("mask_decoder"))
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(WeightsMismatchError, match="NaN or inf") as err:
+        InstructSeg.from_pretrained(bad)
+    assert name in str(err.value)
+
+
+def test_model_card_has_front_matter_and_flat_metrics(trained_model, tmp_path):
+    import yaml
+
+    metrics = {"res": {"cIoU": 0.71, "gIoU": 0.75}, "rvos": {"J&F": 0.6}}
+    out = trained_model.save_pretrained(tmp_path / "card", metrics=metrics, training_config={"max_steps": 10})
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "apache-2.0" and front["library_name"] == "instructseg"
+    values = {m["name"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"res/cIoU": 0.71, "res/gIoU": 0.75, "rvos/J&F": 0.6}
+    assert "| res/cIoU | 0.7100 |" in card and "{" not in card.split("## Model configuration")[0]
+    assert "synthetic shapes" not in card or "synthetic" in front["tags"]
+    assert "Intended use and limitations" in card and "- max_steps: `10`" in card

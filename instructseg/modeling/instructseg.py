@@ -15,6 +15,7 @@ threshold).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,18 @@ from torch import nn
 
 from instructseg.config import InstructSegConfig
 from instructseg.constants import SPECIAL_TOKENS
+from instructseg.io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_export_dir,
+    check_weights,
+    export_config_dict,
+    model_card,
+    read_export_config,
+    read_export_weights,
+    safetensors_state,
+    write_json,
+)
 from instructseg.modeling.llm import CoDecodeOutput, InstructSegLLM, gather_spans
 from instructseg.modeling.loading import full_size_hf_configs, load_part, load_tokenizer, resolve_model_path
 from instructseg.modeling.mask_decoder import MaskDecoder, MaskPrediction
@@ -189,11 +202,67 @@ class InstructSeg(nn.Module):
             )
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> InstructSeg:
-        """Load an export strictly, by path or Hub id (see :func:`instructseg.export.load_export` for ``kwargs``)."""
-        from instructseg.export import load_export
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> InstructSeg:
+        """Load an export directory (or a Hugging Face Hub id of one) strictly.
 
-        return load_export(resolve_model_path(path), **kwargs)
+        Args:
+            name_or_path: a directory written by :meth:`save_pretrained`, or a Hub id (see
+                :func:`~instructseg.modeling.loading.resolve_model_path`).
+            device: where to put the model.
+            dtype: cast every weight to this dtype (default: as stored, fp32).
+
+        Returns:
+            The model in ``eval()`` mode.
+
+        Raises:
+            ExportFormatError: incomplete export / other format version / unreadable weights.
+            WeightsMismatchError: missing or unexpected keys (all are listed), other shapes, or non-finite values.
+        """
+        path = resolve_model_path(name_or_path)
+        config = read_export_config(path)
+        model = cls.from_config(config, weights=False, with_lora=False)
+        state = read_export_weights(path)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        check_weights(expected, state, str(path / WEIGHTS_NAME), "The export does not match its own config.json.")
+        model.load_state_dict(state, strict=True)
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(
+        self,
+        out_dir: str | Path,
+        metrics: dict | None = None,
+        training_config: dict | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Merge LoRA (on a copy; ``self`` is left untouched) and write a self-contained export directory atomically.
+
+        Args:
+            out_dir: destination (see :func:`instructseg.io.atomic_export_dir`: an existing export is replaced only
+                with ``overwrite``; any other existing path is refused).
+            metrics: evaluation metrics for the model card (nested as in ``metrics.json`` or flat).
+            training_config: the run's hyper-parameters for the model card.
+
+        Returns:
+            ``out_dir`` as a ``Path``.
+        """
+        from safetensors.torch import save_file
+
+        if self.tokenizer is None:
+            raise ValueError("save_pretrained: the model has no tokenizer; build it with InstructSeg.from_config().")
+        with atomic_export_dir(out_dir, overwrite) as tmp:
+            merged = copy.deepcopy(self)
+            merged.llm.merge_lora()
+            save_file(safetensors_state(merged), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            merged.siglip.tower.config.save_pretrained(tmp / "siglip")
+            merged.llm.base_model.config.save_pretrained(tmp / "llm")
+            merged.tokenizer.save_pretrained(tmp / "llm")
+            merged.mask_decoder.decoder.config.save_pretrained(tmp / "mask2former")
+            n_params = sum(p.numel() for p in merged.parameters())
+            (tmp / "README.md").write_text(model_card(self.config, n_params, metrics, training_config))
+            write_json(tmp / CONFIG_NAME, export_config_dict(self.config))  # last: the completion marker
+        return Path(out_dir)
 
     def encode_frames(
         self, clip_pixel_values: torch.Tensor | None, mask_pixel_values: torch.Tensor | None = None

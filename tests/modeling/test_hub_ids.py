@@ -15,7 +15,6 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from instructseg.export import export_model
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.modeling.loading import (
     ModelNotFoundError,
@@ -99,7 +98,7 @@ def test_uncached_hub_id_offline_fails_at_once_naming_path_and_repo(offline_cach
 
 
 def test_hub_id_loads_from_the_cache_snapshot(tiny_model, tmp_path, offline_cache):
-    export = export_model(tiny_model, tmp_path / "export")
+    export = tiny_model.save_pretrained(tmp_path / "export")
     snapshot = _cache_snapshot(offline_cache, "instructseg/tiny-demo", export)
     assert resolve_model_path("instructseg/tiny-demo") == snapshot
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
