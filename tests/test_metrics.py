@@ -1,4 +1,8 @@
-"""Tests of instructseg.metrics against hand-computed numbers and a loop-based DAVIS f_measure reference."""
+"""Tests of instructseg.metrics against hand-computed numbers and direct implementations of the official formulas.
+
+The references here are written from the official rules (davis2017-evaluation ``f_measure`` / ``db_statistics``,
+VISA's ``revos_evaluation.py``, InstructSeg's ``eval_res.py``), independently of the vectorised code under test.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ from operator import itemgetter
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import binary_dilation
 
 from instructseg.metrics import (
     ImageSegMetric,
     VideoSegMetric,
     boundary_f_measure,
     boundary_radius,
+    davis_decay,
+    davis_recall,
     mask_iou,
 )
 
@@ -65,6 +72,63 @@ def _reference_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.0
         precision = int((pred_b & dilate(gt_b)).sum()) / n_pred
         recall = int((gt_b & dilate(pred_b)).sum()) / n_gt
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def _direct_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    """The DAVIS-2017 rule on whole frames: zero-padded neighbour comparison and scipy disk dilation (no cropping)."""
+
+    def boundary(seg: np.ndarray) -> np.ndarray:
+        padded = np.pad(seg, ((0, 1), (0, 1)))
+        east, south, south_east = padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
+        out = (seg != east) | (seg != south) | (seg != south_east)
+        out[-1, :] = seg[-1, :] != east[-1, :]
+        out[:, -1] = seg[:, -1] != south[:, -1]
+        out[-1, -1] = False
+        return out
+
+    radius = bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(pred.shape))
+    span = np.arange(-radius, radius + 1)
+    disk = span[None, :] ** 2 + span[:, None] ** 2 <= radius**2
+    pred_b, gt_b = boundary(pred), boundary(gt)
+    n_pred, n_gt = pred_b.sum(), gt_b.sum()
+    if n_pred == 0 or n_gt == 0:
+        precision, recall = (1.0 if n_pred == 0 else 0.0), (1.0 if n_gt == 0 else 0.0)
+    else:
+        precision = (pred_b & binary_dilation(gt_b, disk)).sum() / n_pred
+        recall = (gt_b & binary_dilation(pred_b, disk)).sum() / n_gt
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def _blob(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random star-shaped blob (wavy ellipse) somewhere in the frame, possibly cut by the border."""
+    height, width = shape
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    ry, rx = rng.uniform(0.05, 0.4) * height, rng.uniform(0.05, 0.4) * width
+    wave = 1 + 0.25 * np.sin(rng.integers(2, 8) * np.arctan2(yy - cy, xx - cx) + rng.uniform(0, 6))
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < wave**2
+
+
+def _edge_case_masks(shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Masks that stress the border rules of _seg2bmap and the cropping of the dilation."""
+    height, width = shape
+    masks = {"empty": np.zeros(shape, bool), "full": np.ones(shape, bool)}
+    for name, (y, x) in {
+        "px_top_left": (0, 0),
+        "px_bottom_right": (height - 1, width - 1),
+        "px_top_right": (0, width - 1),
+        "px_bottom_left": (height - 1, 0),
+        "px_centre": (height // 2, width // 2),
+        "px_near_centre": (height // 2 + 3, width // 2 - 2),
+    }.items():
+        masks[name] = np.zeros(shape, bool)
+        masks[name][y, x] = True
+    masks["bottom_row"] = _box(shape, slice(height - 1, height), slice(0, width))
+    masks["right_column"] = _box(shape, slice(0, height), slice(width - 1, width))
+    masks["left_half"] = _box(shape, slice(0, height), slice(0, width // 2))
+    masks["bottom_right_corner"] = _box(shape, slice(height // 2, height), slice(width // 3, width))
+    masks["frame_border"] = ~_box(shape, slice(1, height - 1), slice(1, width - 1))
+    return masks
 
 
 # ---------------------------------------------------------------------------------------------- functional helpers
@@ -127,6 +191,70 @@ def test_boundary_f_tolerance_at_480p(shift: int, expected: float) -> None:
     gt[100, 100] = True
     pred[100, 100 + shift] = True
     assert boundary_f_measure(pred, gt) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bound_th", [0.008, 0.05, 3])
+def test_boundary_f_edge_cases_match_direct_reference(bound_th: float) -> None:
+    masks = _edge_case_masks((24, 37))
+    for pred_name, pred in masks.items():
+        for gt_name, gt in masks.items():
+            expected = _direct_f_measure(pred, gt, bound_th)
+            assert boundary_f_measure(pred, gt, bound_th) == expected, (pred_name, gt_name)
+    assert _reference_f_measure(masks["px_centre"], masks["px_near_centre"], 3) == _direct_f_measure(
+        masks["px_centre"], masks["px_near_centre"], 3
+    )  # the two references agree with each other too
+
+
+@pytest.mark.parametrize("shape", [(48, 80), (480, 854), pytest.param((720, 1280), marks=pytest.mark.slow)])
+def test_boundary_f_matches_direct_reference_on_random_masks(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    cases = []
+    for _ in range(3 if shape[0] < 100 else 1):
+        gt = _blob(shape, rng)
+        cases += [(_blob(shape, rng), gt), (gt ^ (rng.random(shape) < 0.002), gt), (np.roll(gt, 9, axis=1), gt)]
+    if shape[0] < 100:
+        cases.append((rng.random(shape) < 0.3, rng.random(shape) < 0.3))  # dense noise: boundaries everywhere
+    preds, gts = np.stack([p for p, _ in cases]), np.stack([g for _, g in cases])
+    expected = [_direct_f_measure(pred, gt) for pred, gt in cases]
+    assert [boundary_f_measure(pred, gt) for pred, gt in cases] == expected
+    metric = VideoSegMetric()  # the batched (T, H, W) path of the video metric
+    metric.update(preds, gts)
+    assert metric.per_expression()[0]["F"] == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_boundary_radius_rejects_bad_tolerance() -> None:
+    assert boundary_radius(720, 1280) == 12
+    with pytest.raises(ValueError, match="whole number"):
+        boundary_radius(480, 854, bound_th=2.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        VideoSegMetric(bound_th=-0.1)
+
+
+# ---------------------------------------------------------------------------------------------- DAVIS statistics
+
+
+def _official_quarter_ids(num_frames: int) -> list[int]:
+    """q_i = round-half-up(1 + i (T - 1) / 4) - 1 in integer arithmetic: (6 + i (T - 1)) // 4 - 1."""
+    return [(6 + i * (num_frames - 1)) // 4 - 1 for i in range(5)]
+
+
+def test_davis_recall_and_decay_planted() -> None:
+    values = [0.9, 0.4, 0.6, 0.5, 0.2]  # 0.5 is not > 0.5
+    assert davis_recall(values) == pytest.approx(2 / 5)
+    assert davis_decay(values) == pytest.approx((0.9 + 0.4) / 2 - (0.5 + 0.2) / 2)  # T=5: Q1 = {0, 1}, Q4 = {3, 4}
+    assert _official_quarter_ids(4) == [0, 1, 2, 2, 3]  # T=4: 1, 1.75, 2.5 -> 3 (half up), 3.25, 4
+    assert davis_decay([1.0, 1.0, 0.0, 0.0]) == pytest.approx(1.0)
+    assert davis_decay([0.7]) == 0.0
+    assert davis_decay([0.2, 0.8]) == pytest.approx(-0.6)  # T=2: Q1 = {0}, Q4 = {1}
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 4, 5, 6, 7, 9, 13, 50, 101, 300])
+def test_davis_decay_matches_integer_quarters(num_frames: int) -> None:
+    values = np.random.default_rng(num_frames).random(num_frames)
+    q = _official_quarter_ids(num_frames)
+    expected = np.mean(values[q[0] : q[1] + 1]) - np.mean(values[q[3] : q[4] + 1])
+    assert davis_decay(values) == pytest.approx(expected, abs=1e-12)
+    assert davis_recall(values) == pytest.approx(np.count_nonzero(values > 0.5) / num_frames)
 
 
 # ---------------------------------------------------------------------------------------------- ImageSegMetric
@@ -217,8 +345,9 @@ def test_video_metric_robustness_on_no_target() -> None:
     pred = gt.copy()
     pred[0, 0, :3] = True  # 3 false-positive pixels in frame 0, none in frame 1
     foreground = _box((2, 10, 10), slice(0, 5), slice(0, 10))  # 50 annotated pixels per frame
-    for scale, expected in ((1.0, (1 - 3 / 50 + 1) / 2), (255.0, (0 + 1) / 2)):
-        metric = VideoSegMetric(r_false_positive_scale=scale)
+    # Official uint8 arithmetic: each false positive weighs 255, so frame 0 scores max(1 - 765/50, 0) = 0.
+    for official, expected in ((False, (1 - 3 / 50 + 1) / 2), (True, (0 + 1) / 2)):
+        metric = VideoSegMetric(revos_official=official)
         metric.update(*_expression("hit"), expression_type="referring")
         metric.update(pred, gt, expression_type="no_target", foreground=foreground)
         scores = metric.compute()
@@ -268,8 +397,11 @@ def test_video_metric_merge_state_equals_single_pass() -> None:
         if kind == "no_target":
             targets[:] = False
         foreground = rng.random((3, 12, 16)) < 0.5
-        items.append(dict(preds=preds, targets=targets, expression_type=kind, foreground=foreground,
-                          expression_id=f"vid{i}/é{i}"))
+        items.append(
+            dict(
+                preds=preds, targets=targets, expression_type=kind, foreground=foreground, expression_id=f"vid{i}/é{i}"
+            )
+        )
     full, first, second = VideoSegMetric(), VideoSegMetric(), VideoSegMetric()
     for item in items:
         full.update(**item)
@@ -280,7 +412,8 @@ def test_video_metric_merge_state_equals_single_pass() -> None:
     first.merge_state(second)
     assert first.compute() == pytest.approx(full.compute(), abs=1e-12)
     groups = ("referring", "reasoning", "overall")
-    assert set(full.compute()) == {"J", "F", "J&F", "R"} | {f"{g}/{k}" for g in groups for k in ("J", "F", "J&F", "R")}
+    davis = ("J", "F", "J&F", "A", "J-Recall", "J-Decay", "F-Recall", "F-Decay")
+    assert set(full.compute()) == {*davis, "R"} | {f"{g}/{k}" for g in groups for k in (*davis, "R")}
     merged_rows = sorted(first.per_expression(), key=itemgetter("id"))
     full_rows = sorted(full.per_expression(), key=itemgetter("id"))
     assert [row["id"] for row in full_rows] == [f"vid{i}/é{i}" for i in range(5)]
