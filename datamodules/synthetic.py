@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from instructseg.constants import IMAGE_TASKS, REVOS_TYPE_IDS, VIDEO_TASKS
+from instructseg.metrics import ImageSegMetric, VideoSegMetric
 
 from .rle import encode_rle
 from .shards import RecordWriter, iter_records
@@ -484,44 +485,37 @@ BASELINES: dict[str, str] = {
 }
 
 
-def frame_iou(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-frame intersection, union and IoU (1 where the union is empty) of ``(T, H, W)`` bool masks."""
-    inter = (pred & target).sum(axis=(1, 2))
-    union = (pred | target).sum(axis=(1, 2))
-    return inter, union, np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-
-
 def trivial_baselines(val_dir: str | Path) -> dict[str, dict[str, float]]:
     """Scores of query-blind predictions on a split: the largest object, the first object, the full image, nothing.
 
-    Image tasks: cIoU = ΣI / ΣU and gIoU = mean IoU over queries. Video tasks: J = mean over referring and reasoning
-    queries of the mean per-frame IoU over all frames (no-target queries are left out, as in the ReVOS J).
+    Scored with the evaluation metrics (:mod:`instructseg.metrics`): image tasks give ``ImageSegMetric``'s cIoU =
+    ΣI / ΣU and gIoU = mean IoU over queries; video tasks give ``VideoSegMetric``'s J = mean over referring and
+    reasoning queries of the mean per-frame IoU (no-target queries are left out, as in the ReVOS J).
 
     Returns:
-        ``{baseline: {"image_cIoU", "image_gIoU", "video_J"}}``.
+        ``{baseline: {"image_cIoU", "image_gIoU", "video_J"}}`` (0 where a split has no query of the kind).
     """
-    sums = {name: {"inter": 0, "union": 0, "image_iou": [], "video_j": []} for name in BASELINES}
+    image = {name: ImageSegMetric() for name in BASELINES}
+    video = {name: VideoSegMetric() for name in BASELINES}
     for record in iter_records(str(Path(val_dir) / "*.tar")):
         frames = range(record.num_frames)
         predictions = {name: _prediction(record, name) for name in BASELINES}
         for query in record.queries:
             target = np.stack([record.target_mask(query["object_ids"], t) for t in frames])
             for name, pred in predictions.items():
-                inter, union, iou = frame_iou(pred, target)
                 if record.task not in VIDEO_TASKS:
-                    sums[name]["inter"] += int(inter.sum())
-                    sums[name]["union"] += int(union.sum())
-                    sums[name]["image_iou"].append(float(iou.mean()))
+                    image[name].update(pred, target)
                 elif query["type"] != "no_target":
-                    sums[name]["video_j"].append(float(iou.mean()))
-    return {
-        name: {
-            "image_cIoU": s["inter"] / s["union"] if s["union"] else 0.0,
-            "image_gIoU": float(np.mean(s["image_iou"])) if s["image_iou"] else 0.0,
-            "video_J": float(np.mean(s["video_j"])) if s["video_j"] else 0.0,
+                    video[name].update(pred, target, query["type"])
+    scores = {}
+    for name in BASELINES:
+        image_scores, video_scores = image[name].compute(), video[name].compute()
+        scores[name] = {
+            "image_cIoU": image_scores["cIoU"],
+            "image_gIoU": image_scores["gIoU"],
+            "video_J": video_scores.get("J", 0.0),
         }
-        for name, s in sums.items()
-    }
+    return scores
 
 
 def summarize(split_dir: str | Path) -> dict[str, Counter]:

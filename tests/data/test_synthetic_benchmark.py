@@ -108,6 +108,24 @@ def test_trivial_baselines_are_low(synthetic_dir):
     assert scores["empty"]["image_cIoU"] == 0.0 and scores["full"]["image_cIoU"] < 0.1
 
 
+def test_full_image_baseline_by_hand(synthetic_dir):
+    """A full-image prediction has I = |target| and U = H * W on every frame: the scores follow by hand."""
+    inter, union, image_iou, video_j = 0, 0, [], []
+    for record in iter_records(str(synthetic_dir / "val" / "*.tar")):
+        pixels = record.size[0] * record.size[1]
+        for query in record.queries:
+            areas = [int(record.target_mask(query["object_ids"], t).sum()) for t in range(record.num_frames)]
+            if record.task in ("res", "reasonseg"):
+                inter, union = inter + areas[0], union + pixels
+                image_iou.append(areas[0] / pixels)
+            elif query["type"] != "no_target":
+                video_j.append(np.mean([a / pixels for a in areas]))
+    scores = trivial_baselines(synthetic_dir / "val")["full"]
+    assert scores["image_cIoU"] == pytest.approx(inter / union, abs=1e-12)
+    assert scores["image_gIoU"] == pytest.approx(np.mean(image_iou), abs=1e-12)
+    assert scores["video_J"] == pytest.approx(np.mean(video_j), abs=1e-12)
+
+
 def test_cli_summary(tmp_path):
     lines = []
     summary = main(
