@@ -252,7 +252,8 @@ class InstructSeg(nn.Module):
         if self.tokenizer is None:
             raise ValueError("save_pretrained: the model has no tokenizer; build it with InstructSeg.from_config().")
         with atomic_export_dir(out_dir, overwrite) as tmp:
-            merged = copy.deepcopy(self)
+            # merging LoRA needs a copy; a model without LoRA (converted release) is written as is (no 2x memory)
+            merged = copy.deepcopy(self) if hasattr(self.llm.lm, "merge_and_unload") else self
             merged.llm.merge_lora()
             save_file(safetensors_state(merged), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             merged.siglip.tower.config.save_pretrained(tmp / "siglip")
