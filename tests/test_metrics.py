@@ -290,6 +290,26 @@ def test_image_metric_merge_state_equals_single_pass() -> None:
     assert first.compute() == pytest.approx(full.compute(), abs=1e-12)
 
 
+def test_image_metric_official_epsilons_match_eval_res() -> None:
+    rng = np.random.default_rng(3)
+    preds, targets = rng.random((5, 6, 7)) < 0.4, rng.random((5, 6, 7)) < 0.4
+    preds[4], targets[4] = False, False  # an empty union: IoU 1 in both conventions
+    # eval_res.py: per sample I/(U+1e-5) with 1 where U == 0; gIoU = sum/(count+1e-5); cIoU = sum I/(sum U+1e-10).
+    inter = np.array([(p & t).sum() for p, t in zip(preds, targets)], dtype=np.float64)
+    union = np.array([(p | t).sum() for p, t in zip(preds, targets)], dtype=np.float64)
+    acc_iou = inter / (union + 1e-5)
+    acc_iou[union == 0] = 1.0
+    official, exact = ImageSegMetric(official_epsilons=True), ImageSegMetric()
+    for metric in (official, exact):
+        metric.update(preds[:2], targets[:2])
+        metric.update(preds[2:], targets[2:])
+    assert official.compute()["gIoU"] == pytest.approx(acc_iou.sum() / (5 + 1e-5), rel=1e-12)
+    assert official.compute()["cIoU"] == pytest.approx(inter.sum() / (union.sum() + 1e-10), rel=1e-12)
+    exact_iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    assert exact.compute() == pytest.approx({"gIoU": exact_iou.mean(), "cIoU": inter.sum() / union.sum()}, rel=1e-12)
+    assert official.compute()["gIoU"] != exact.compute()["gIoU"]
+
+
 # ---------------------------------------------------------------------------------------------- VideoSegMetric
 
 
@@ -426,3 +446,73 @@ def test_video_metric_empty_compute() -> None:
     with pytest.warns(UserWarning):
         assert metric.compute() == {}
     assert metric.per_expression() == []
+
+
+def _official_revos_scores(gt_count: np.ndarray, pred: np.ndarray, foreground: np.ndarray) -> tuple[float, float]:
+    """VISA's get_r2vos_accuracy / get_r2vos_robustness on uint8 arrays: G = object count, P = 0/255 PNG values."""
+    gt_u8, pred_u8, fg_u8 = gt_count.astype(np.uint8), pred.astype(np.uint8) * 255, foreground.astype(np.uint8)
+    accs = [np.mean(g == p) for g, p in zip(gt_u8, pred_u8)]
+    robust = [max(1 - ((1 - g) * p).sum() / (f.sum() + 1e-6), 0.0) for g, p, f in zip(gt_u8, pred_u8, fg_u8)]
+    return float(np.mean(accs)), float(np.mean(robust))
+
+
+def test_video_metric_accuracy_planted() -> None:
+    gt = _box((1, 10, 10), slice(0, 2), slice(0, 10))  # 20 target pixels
+    pred = gt.copy()
+    pred[0, 5, :4] = True  # 4 false positives
+    binary, official = VideoSegMetric(), VideoSegMetric(revos_official=True)
+    for metric in (binary, official):
+        metric.update(pred, gt)
+    assert binary.compute()["A"] == pytest.approx(96 / 100)  # pixel accuracy
+    assert official.compute()["A"] == pytest.approx(76 / 100)  # 0/255 vs 0/1: only true negatives match
+    assert official.compute()["A"] == pytest.approx(_official_revos_scores(gt, pred, gt)[0])
+
+
+def test_video_metric_official_overlap_robustness() -> None:
+    # Two objects of one expression overlap on row 1; the official G is their uint8 sum (2 there).
+    first, second = _box((2, 10, 10), slice(0, 2), slice(0, 10)), _box((2, 10, 10), slice(1, 3), slice(0, 10))
+    counts = first.astype(np.uint8) + second.astype(np.uint8)
+    foreground = _box((2, 10, 10), slice(0, 6), slice(0, 10))  # 60 annotated pixels per frame
+    pred = counts > 0  # perfect on both frames ...
+    pred[1, 8, :2] = True  # ... plus 2 false positives in frame 1
+    official = VideoSegMetric(revos_official=True)
+    official.update(pred, counts, expression_type="referring", foreground=foreground, expression_id="v/0")
+    binary = VideoSegMetric()
+    binary.update(pred, counts, expression_type="referring", foreground=foreground, expression_id="v/0")
+    # Official: an overlap pixel weighs (1 - 2) * 255 = 1 in uint8, a false positive 255: frame 0 has 10 overlap
+    # pixels, frame 1 has 10 overlap pixels and 2 false positives.
+    expected_r = ((1 - 10 / 60) + 0.0) / 2  # frame 1: max(1 - (10 + 2 * 255) / 60, 0) = 0
+    assert official.compute()["referring/R"] == pytest.approx(expected_r, abs=1e-6)
+    expected_a, reference_r = _official_revos_scores(counts, pred, foreground)
+    assert official.compute()["referring/R"] == pytest.approx(reference_r, abs=1e-12)
+    assert official.compute()["referring/A"] == pytest.approx(expected_a, abs=1e-12)
+    assert binary.compute()["referring/R"] == pytest.approx((1 + (1 - 2 / 60)) / 2, abs=1e-6)  # union semantics
+    official_row, binary_row = official.per_expression()[0], binary.per_expression()[0]
+    for key in ("J", "F", "J-Recall", "F-Decay"):  # the region and boundary scores do not depend on the semantics
+        assert official_row[key] == binary_row[key]
+    assert official_row["J"] == pytest.approx((1 + 30 / 32) / 2)
+
+
+def test_video_metric_official_rejects_255_targets() -> None:
+    gt = _box((1, 10, 10), slice(0, 2), slice(0, 10)).astype(np.uint8) * 255
+    with pytest.raises(ValueError, match="0/255"):
+        VideoSegMetric(revos_official=True).update(gt > 0, gt)
+    VideoSegMetric().update(gt > 0, gt)  # the binary formulas read any non-zero value as foreground
+
+
+def test_video_metric_davis_recall_and_decay() -> None:
+    gt = _box((4, 10, 10), slice(2, 6), slice(3, 8))
+    falling = gt.copy()
+    falling[2:] = False  # J = F = 1, 1, 0, 0: recall 1/2, decay 1 - 0 = 1 (T=4: Q1 = {0, 1}, Q4 = {2, 3})
+    rising = gt.copy()
+    rising[0] = False  # J = F = 0, 1, 1, 1: recall 3/4, decay 1/2 - 1 = -1/2
+    metric = VideoSegMetric()
+    metric.update(falling, gt, expression_id="falling")
+    metric.update(rising, gt, expression_id="rising")
+    rows = {row["id"]: row for row in metric.per_expression()}
+    for key, value in {"J-Recall": 0.5, "J-Decay": 1.0, "F-Recall": 0.5, "F-Decay": 1.0}.items():
+        assert rows["falling"][key] == pytest.approx(value)
+    for key, value in {"J-Recall": 0.75, "J-Decay": -0.5, "F-Recall": 0.75, "F-Decay": -0.5}.items():
+        assert rows["rising"][key] == pytest.approx(value)
+    scores = metric.compute()
+    assert scores["J-Recall"] == pytest.approx(0.625) and scores["F-Decay"] == pytest.approx(0.25)
