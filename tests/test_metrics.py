@@ -12,7 +12,7 @@ from operator import itemgetter
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import binary_dilation
+from fixtures.davis_reference import cv2_dilate, davis_f_measure
 
 from instructseg.metrics import (
     ImageSegMetric,
@@ -71,31 +71,6 @@ def _reference_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.0
     else:
         precision = int((pred_b & dilate(gt_b)).sum()) / n_pred
         recall = int((gt_b & dilate(pred_b)).sum()) / n_gt
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
-def _direct_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
-    """The DAVIS-2017 rule on whole frames: zero-padded neighbour comparison and scipy disk dilation (no cropping)."""
-
-    def boundary(seg: np.ndarray) -> np.ndarray:
-        padded = np.pad(seg, ((0, 1), (0, 1)))
-        east, south, south_east = padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
-        out = (seg != east) | (seg != south) | (seg != south_east)
-        out[-1, :] = seg[-1, :] != east[-1, :]
-        out[:, -1] = seg[:, -1] != south[:, -1]
-        out[-1, -1] = False
-        return out
-
-    radius = bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(pred.shape))
-    span = np.arange(-radius, radius + 1)
-    disk = span[None, :] ** 2 + span[:, None] ** 2 <= radius**2
-    pred_b, gt_b = boundary(pred), boundary(gt)
-    n_pred, n_gt = pred_b.sum(), gt_b.sum()
-    if n_pred == 0 or n_gt == 0:
-        precision, recall = (1.0 if n_pred == 0 else 0.0), (1.0 if n_gt == 0 else 0.0)
-    else:
-        precision = (pred_b & binary_dilation(gt_b, disk)).sum() / n_pred
-        recall = (gt_b & binary_dilation(pred_b, disk)).sum() / n_gt
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
@@ -198,9 +173,10 @@ def test_boundary_f_edge_cases_match_direct_reference(bound_th: float) -> None:
     masks = _edge_case_masks((24, 37))
     for pred_name, pred in masks.items():
         for gt_name, gt in masks.items():
-            expected = _direct_f_measure(pred, gt, bound_th)
+            expected = davis_f_measure(pred, gt, bound_th)
+            assert davis_f_measure(pred, gt, bound_th, dilate=cv2_dilate) == expected  # the official backend
             assert boundary_f_measure(pred, gt, bound_th) == expected, (pred_name, gt_name)
-    assert _reference_f_measure(masks["px_centre"], masks["px_near_centre"], 3) == _direct_f_measure(
+    assert _reference_f_measure(masks["px_centre"], masks["px_near_centre"], 3) == davis_f_measure(
         masks["px_centre"], masks["px_near_centre"], 3
     )  # the two references agree with each other too
 
@@ -215,7 +191,8 @@ def test_boundary_f_matches_direct_reference_on_random_masks(shape: tuple[int, i
     if shape[0] < 100:
         cases.append((rng.random(shape) < 0.3, rng.random(shape) < 0.3))  # dense noise: boundaries everywhere
     preds, gts = np.stack([p for p, _ in cases]), np.stack([g for _, g in cases])
-    expected = [_direct_f_measure(pred, gt) for pred, gt in cases]
+    expected = [davis_f_measure(pred, gt) for pred, gt in cases]
+    assert [davis_f_measure(pred, gt, dilate=cv2_dilate) for pred, gt in cases] == expected
     assert [boundary_f_measure(pred, gt) for pred, gt in cases] == expected
     metric = VideoSegMetric()  # the batched (T, H, W) path of the video metric
     metric.update(preds, gts)
