@@ -5,7 +5,7 @@ from itertools import permutations
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
+import torch.nn.functional as F
 
 from instructseg.config import LossConfig
 from instructseg.losses import (
@@ -31,7 +31,7 @@ def test_matcher_is_optimal_against_brute_force(seed, q, k):
     logits = torch.randn(1, q, 8, 8, generator=gen) * 3
     targets = (torch.rand(k, 8, 8, generator=gen) > 0.5).float()
     torch.manual_seed(seed)
-    (rows, cols), = hungarian_match(logits, [targets], num_points=64, bce_weight=5.0, dice_weight=5.0)
+    ((rows, cols),) = hungarian_match(logits, [targets], num_points=64, bce_weight=5.0, dice_weight=5.0)
     torch.manual_seed(seed)
     coords = torch.rand(1, 64, 2)
     pred = point_sample(logits[0][:, None], coords.expand(q, -1, -1))[:, 0]
@@ -47,7 +47,8 @@ def test_pairwise_cost_matches_per_pair_losses():
     cost = pairwise_mask_cost(pred, tgt, 2.0, 3.0)
     for i in range(3):
         for j in range(2):
-            expected = 2.0 * bce_loss(pred[i : i + 1], tgt[j : j + 1]) + 3.0 * dice_loss(pred[i : i + 1], tgt[j : j + 1])
+            p, t = pred[i : i + 1], tgt[j : j + 1]
+            expected = 2.0 * bce_loss(p, t) + 3.0 * dice_loss(p, t)
             assert cost[i, j] == pytest.approx(float(expected), abs=1e-5)
 
 
@@ -91,16 +92,28 @@ def test_class_loss_positive_weighting_and_deep_supervision():
     pred = _prediction(b=2, q=4, steps=3)
     target = torch.zeros(2, 32, 32)
     target[:, :16] = 1
+    matched = [2, 1]  # in every step this query of each sample predicts the target exactly, so it must be matched
+    with torch.no_grad():
+        for logits in pred.mask_logits:
+            for b, query in enumerate(matched):
+                logits[b, query] = -10.0
+                logits[b, query, :4] = 10.0  # rows 0-3 of 8 = the top half
     crit = InstructSegCriterion(LossConfig(num_points=64, class_weight=2.0, mask_weight=5.0, dice_weight=5.0))
     out = crit(pred, target, torch.tensor([True, True]), torch.tensor([True, True]))
     assert {"loss_class_0", "loss_class_1", "loss_class", "loss_bce_0", "loss_dice_1"} <= set(out)
-    total = sum(2.0 * out[f"loss_class{s}"] + 5.0 * out[f"loss_bce{s}"] + 5.0 * out[f"loss_dice{s}"]
-                for s in ("_0", "_1", ""))
+    total = sum(
+        2.0 * out[f"loss_class{s}"] + 5.0 * out[f"loss_bce{s}"] + 5.0 * out[f"loss_dice{s}"] for s in ("_0", "_1", "")
+    )
     assert float(out["loss"]) == pytest.approx(float(total), rel=1e-5)
-    # class loss of the last step with pos_weight = (8 - 2) / 2 = 3 on the matched queries
-    torch.manual_seed(0)
-    matches = hungarian_match(pred.mask_logits[-1], [target[:1], target[1:]], 64, 5.0, 5.0)
-    assert all(len(r) == 1 for r, _ in matches)
+    # BCE written out with pos_weight = (8 logits - 2 positives) / 2 positives = 3 on the matched queries
+    is_matched = torch.zeros(2, 4, dtype=torch.bool)
+    is_matched[[0, 1], matched] = True
+    for suffix, scores in zip(("_0", "_1", ""), pred.scores):
+        log_p, log_not_p = F.logsigmoid(scores), F.logsigmoid(-scores)
+        expected = -torch.where(is_matched, 3.0 * log_p, log_not_p).mean()
+        unweighted = -torch.where(is_matched, log_p, log_not_p).mean()
+        assert float(out[f"loss_class{suffix}"]) == pytest.approx(float(expected), rel=1e-5)
+        assert abs(float(expected) - float(unweighted)) > 1e-2  # the weighting is visible in this case
 
 
 def test_vqa_rows_are_left_out():
@@ -112,7 +125,9 @@ def test_vqa_rows_are_left_out():
     torch.manual_seed(0)
     only_first = crit(
         MaskPrediction([m[:1] for m in pred.mask_logits], [s[:1] for s in pred.scores]),
-        target[:1], torch.tensor([True]), torch.tensor([True]),
+        target[:1],
+        torch.tensor([True]),
+        torch.tensor([True]),
     )
     assert float(both["loss_class"]) == pytest.approx(float(only_first["loss_class"]), rel=1e-5)
     text = torch.tensor(2.5)
@@ -120,17 +135,30 @@ def test_vqa_rows_are_left_out():
     assert float(with_text["loss"]) == pytest.approx(2.5) and float(with_text["loss_bce"]) == 0.0
 
 
-def test_scipy_and_matcher_agree_on_explicit_cost():
-    cost = np.array([[4.0, 1.0], [2.0, 0.5], [0.1, 3.0]])
-    rows, cols = linear_sum_assignment(cost)
-    assert cost[rows, cols].sum() == pytest.approx(brute_force_cost(cost))
+def test_matcher_takes_the_global_optimum_where_greedy_would_not():
+    """Hand-checkable stripes: target 0 = columns 0-3, target 1 = columns 0-5 of an 8x8 mask.
+
+    Query 0 (columns 0-4) is the cheapest query for *both* targets, so a per-target greedy choice gives it to
+    target 0 (1 + 4 wrong columns); the optimum gives query 1 (columns 0-1) to target 0 (2 + 1 wrong columns).
+    """
+    targets = torch.zeros(2, 8, 8)
+    targets[0, :, :4] = 1
+    targets[1, :, :6] = 1
+    logits = torch.full((1, 3, 8, 8), -10.0)
+    logits[0, 0, :, :5] = 10.0
+    logits[0, 1, :, :2] = 10.0
+    logits[0, 2, :, 7:] = 10.0  # a bad query
+    dense = pairwise_mask_cost(logits[0].flatten(1), targets.flatten(1), 5.0, 5.0)
+    assert dense.argmin(0).tolist() == [0, 0]  # the premise: greedy would give query 0 to target 0
+    ((rows, cols),) = hungarian_match(logits, [targets], num_points=4096, bce_weight=5.0, dice_weight=5.0)
+    assert sorted(zip(cols.tolist(), rows.tolist())) == [(0, 1), (1, 0)]
 
 
 def test_class_cost_breaks_ties_towards_the_highest_score():
     logits = torch.zeros(1, 4, 8, 8)  # every query predicts the same mask: the mask cost is a tie
     target = torch.ones(1, 8, 8)
     scores = torch.tensor([[-3.0, -1.0, 4.0, 0.0]])
-    (rows, _), = hungarian_match(logits, [target], 16, 5.0, 5.0, scores=scores, class_weight=2.0)
+    ((rows, _),) = hungarian_match(logits, [target], 16, 5.0, 5.0, scores=scores, class_weight=2.0)
     assert rows.tolist() == [2]
-    (rows, _), = hungarian_match(logits, [target], 16, 5.0, 5.0, scores=-scores, class_weight=2.0)
+    ((rows, _),) = hungarian_match(logits, [target], 16, 5.0, 5.0, scores=-scores, class_weight=2.0)
     assert rows.tolist() == [0]
