@@ -1,4 +1,9 @@
-"""Multi-scale deformable attention (the op inside the pixel decoder) against a naive loop, and decoder shapes."""
+"""Pixel decoder shapes, and a pin of the transformers dependency it runs on.
+
+``test_transformers_dependency_pin_...`` checks ``transformers``' pure-PyTorch ``multi_scale_deformable_attention``
+(the op inside the pixel decoder) against a naive loop: it tests the dependency, not instructseg's code, so that a
+``transformers`` upgrade that changes the op fails here first.
+"""
 
 import math
 
@@ -43,7 +48,7 @@ def naive_ms_deform_attn(value, shapes, locations, weights):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_deformable_attention_matches_naive_loop(seed):
+def test_transformers_dependency_pin_deformable_attention_matches_naive_loop(seed):
     gen = torch.Generator().manual_seed(seed)
     shapes = [(4, 6), (2, 3), (1, 2)]
     b, heads, dim, queries, points = 2, 2, 3, 5, 4
