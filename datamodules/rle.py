@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 _FIRST_CHAR, _LAST_CHAR = 48, 111
+_MAX_GROUPS = 12
 
 
 def mask_to_counts(mask: np.ndarray) -> list[int]:
@@ -47,31 +48,36 @@ def counts_to_string(counts: list[int]) -> str:
 
 
 def string_to_counts(text: str | bytes) -> list[int]:
-    """Decode a COCO ASCII string into run lengths (pycocotools ``rleFrString``).
+    """Decode a COCO ASCII string into run lengths (pycocotools ``rleFrString``), vectorised over the characters.
 
     Raises:
-        ValueError: for a character outside ``'0'..'o'`` or a string that ends inside a count.
+        ValueError: for a character outside ``'0'..'o'``, a string that ends inside a count, or a count longer than
+            :data:`_MAX_GROUPS` characters (more than 60 bits: no mask has such a run).
     """
-    data = text.encode("ascii", errors="replace") if isinstance(text, str) else bytes(text)
-    counts: list[int] = []
-    value, shift = 0, 0
-    for position, char in enumerate(data):
-        if not _FIRST_CHAR <= char <= _LAST_CHAR:
-            raise ValueError(f"RLE string: invalid character {chr(char)!r} at position {position}.")
-        group = char - _FIRST_CHAR
-        value |= (group & 0x1F) << shift
-        shift += 5
-        if group & 0x20:
-            continue
-        if group & 0x10:
-            value -= 1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-        value, shift = 0, 0
-    if shift:
+    if isinstance(text, str) and not text.isascii():
+        position, char = next((i, c) for i, c in enumerate(text) if not c.isascii())
+        raise ValueError(f"RLE string: invalid character {char!r} at position {position}.")
+    data = np.frombuffer(text.encode("ascii") if isinstance(text, str) else bytes(text), dtype=np.uint8)
+    bad = np.flatnonzero((data < _FIRST_CHAR) | (data > _LAST_CHAR))
+    if bad.size:
+        raise ValueError(f"RLE string: invalid character {chr(data[bad[0]])!r} at position {int(bad[0])}.")
+    groups = data.astype(np.int64) - _FIRST_CHAR
+    last = (groups & 0x20) == 0  # the last group of a count
+    if data.size and not last[-1]:
         raise ValueError("RLE string: truncated (the last count is incomplete).")
-    return counts
+    ends = np.flatnonzero(last)
+    if not ends.size:
+        return []
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    position = np.arange(data.size) - np.repeat(starts, ends - starts + 1)  # group index within its count
+    if position.size and position.max() >= _MAX_GROUPS:
+        raise ValueError(f"RLE string: a count longer than {_MAX_GROUPS} characters.")
+    values = np.add.reduceat((groups & 0x1F) << (5 * position), starts)
+    negative = (groups[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * (position[ends[negative]] + 1))
+    values[2::2] = np.cumsum(values[2::2])  # from the 4th count on, each stores the delta to counts[i - 2]
+    values[1::2] = np.cumsum(values[1::2])
+    return values.tolist()
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:

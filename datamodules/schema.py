@@ -32,16 +32,14 @@ segmentation tasks have at least one; ``vqa`` queries have an answer; the number
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from instructseg.constants import QUERY_TYPES, TASKS
 
-from .rle import rle_size
+from .rle import rle_counts, rle_size
 
 FRAME_EXTENSIONS = ("jpg", "jpeg", "png")
-_RLE_STRING = re.compile(r"^[0-o]*$")
 
 
 class RecordError(ValueError):
@@ -78,12 +76,12 @@ def check_rle_size(rle: Any, height: int, width: int, where: str) -> None:
 
 
 def _check_rle(rle: Any, height: int, width: int, where: str) -> None:
+    """An RLE of the record size whose counts parse (alphabet ``'0'..'o'``) and cover ``height * width`` pixels."""
     check_rle_size(rle, height, width, where)
-    counts = rle["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii", errors="replace")
-    if isinstance(counts, str) and not _RLE_STRING.match(counts):
-        raise RecordError("bad_rle", f"{where}: the RLE string has characters outside '0'..'o'.")
+    try:
+        rle_counts(rle)
+    except ValueError as exc:
+        raise RecordError("bad_rle", f"{where}: {exc}") from None
 
 
 def _check_mask_list(masks: Any, frames: int, height: int, width: int, where: str) -> None:

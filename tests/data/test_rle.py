@@ -94,3 +94,67 @@ def test_malformed(rle, match):
 def test_encode_rejects_non_2d():
     with pytest.raises(ValueError, match="shape"):
         encode_rle(np.zeros((2, 2, 2), dtype=bool))
+
+
+def reference_string_to_counts(data: bytes) -> list[int]:
+    """pycocotools' ``rleFrString`` transcribed character by character (the rule the vectorised parser implements)."""
+    counts, value, shift = [], 0, 0
+    for char in data:
+        group = char - 48
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+        value, shift = 0, 0
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_parser_matches_the_character_loop(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        length = int(rng.integers(1, 40))
+        data = bytes(rng.integers(48, 112, size=length).tolist())
+        if data[-1] - 48 & 0x20:  # end inside a count: always an error
+            with pytest.raises(ValueError, match="truncated"):
+                string_to_counts(data)
+        elif _longest_count(data) > 12:
+            with pytest.raises(ValueError, match="longer than"):
+                string_to_counts(data)
+        else:
+            assert string_to_counts(data) == reference_string_to_counts(data)
+            assert string_to_counts(data.decode()) == reference_string_to_counts(data)
+
+
+def _longest_count(data: bytes) -> int:
+    longest = run = 0
+    for char in data:
+        run += 1
+        if not (char - 48) & 0x20:
+            longest, run = max(longest, run), 0
+    return longest
+
+
+@pytest.mark.parametrize("text", ["41é", "4\x001"])
+def test_non_ascii_and_control_characters_are_rejected(text):
+    with pytest.raises(ValueError, match="invalid character"):
+        string_to_counts(text)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_strings_match_pycocotools(seed):
+    mask_api = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(1, 300, size=2))
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _ in range(4):
+        y0, x0 = int(rng.integers(height)), int(rng.integers(width))
+        mask[y0 : y0 + int(rng.integers(1, height + 1)), x0 : x0 + int(rng.integers(1, width + 1))] ^= 1
+    theirs = mask_api.encode(np.asfortranarray(mask))
+    assert encode_rle(mask)["counts"] == theirs["counts"].decode()
+    np.testing.assert_array_equal(decode_rle(theirs), mask.astype(bool))

@@ -48,6 +48,25 @@ def test_each_rule_has_a_reason(make_record, reason):
     assert "shard.tar:key" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ("4 1", "invalid character ' '"),  # outside the alphabet '0'..'o'
+        (b"41~", "invalid character '~'"),
+        ("41", "counts sum to"),  # a valid string that covers too few pixels
+        ("4o", "truncated"),  # 'o' announces another 5-bit group
+        ([2, -1, 3], "negative run length"),
+        ([1, 2], "counts sum to"),
+    ],
+)
+def test_rle_counts_are_checked(make_record, counts, message):
+    meta, images = make_record("res", 1)
+    meta = broken(meta, lambda m: m["objects"]["3"]["masks"][0].update(counts=counts))
+    with pytest.raises(RecordError, match=message) as info:
+        validate_record(meta, len(images), "shard.tar:key")
+    assert info.value.reason == "bad_rle" and "shard.tar:key: object '3' masks[0]" in info.value.message
+
+
 def test_frame_count_rules(make_record):
     meta, _ = make_record("rvos", 3)
     for bad in (
