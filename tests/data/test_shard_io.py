@@ -142,16 +142,20 @@ def test_task_override(tmp_path, make_record, raw):
 
 def test_lazy_decode_errors(tmp_path, make_record, raw):
     meta, images = make_record("res")
-    meta["objects"]["3"]["masks"][0]["counts"] = "414"  # right characters, wrong sum
     sample = raw.sample("k", meta, images)
     sample["000.png"] = sample["000.png"][:60]  # header intact, pixel data cut
     (record,) = iter_records(raw.write(tmp_path / "lazy.tar", [sample]), SkipCounter())
     with pytest.raises(RecordError) as frame_error:
         record.frames[0]
     assert frame_error.value.reason == "bad_frame"
-    with pytest.raises(RecordError) as mask_error:
-        record.object_mask("3", 0)
-    assert mask_error.value.reason == "bad_rle"
+
+
+def test_rle_counts_checked_on_read(tmp_path, make_record, raw):
+    meta, images = make_record("res")
+    meta["objects"]["3"]["masks"][0]["counts"] = "414"  # right characters, wrong sum
+    counter = SkipCounter()
+    assert list(iter_records(raw.write(tmp_path / "rle.tar", [raw.sample("k", meta, images)]), counter)) == []
+    assert counter.totals == {"bad_rle": 1}
 
 
 def test_foreground_mask_prefers_the_stored_foreground():
