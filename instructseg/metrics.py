@@ -27,6 +27,7 @@ correct under DDP and with :meth:`torchmetrics.Metric.merge_state`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -129,13 +130,33 @@ def boundary_radius(height: int, width: int, bound_th: float = 0.008) -> int:
     return math.ceil(bound_th * math.sqrt(height**2 + width**2))
 
 
-def _disk(radius: int) -> np.ndarray:
-    """(2r+1, 2r+1) bool disk like ``skimage.morphology.disk``: offsets with x^2 + y^2 <= r^2."""
-    offsets = np.arange(-radius, radius + 1)
-    return offsets[None, :] ** 2 + offsets[:, None] ** 2 <= radius**2
+@functools.lru_cache(maxsize=16)
+def _disk_rectangles(radius: int) -> tuple[np.ndarray, ...]:
+    """The disk {(dx, dy): dx² + dy² ≤ r²} (``skimage.morphology.disk``) as a union of centred rectangles.
+
+    Row dy of the disk spans |dx| ≤ w(dy) = isqrt(r² − dy²), which never grows with |dy|; each run of rows with the
+    same width ends at some h and gives the rectangle |dy| ≤ h, |dx| ≤ w(h), which lies inside the disk. Their union
+    is the disk, so the OR of the rectangle dilations equals the disk dilation (dilation distributes over a union of
+    structuring elements), and OpenCV dilates by rectangles separably, faster than by the disk.
+
+    Returns:
+        uint8 all-ones kernels of shape (2h+1, 2w(h)+1).
+    """
+    widths = [math.isqrt(radius**2 - dy**2) for dy in range(radius + 1)]
+    ends = [dy for dy in range(radius + 1) if dy == radius or widths[dy + 1] < widths[dy]]
+    return tuple(np.ones((2 * h + 1, 2 * widths[h] + 1), np.uint8) for h in ends)
 
 
-def _boundary_matches(pred_b: np.ndarray, gt_b: np.ndarray, kernel: np.ndarray) -> tuple[int, int]:
+def _dilate(bmap: np.ndarray, rectangles: tuple[np.ndarray, ...]) -> np.ndarray:
+    """(H, W) bool map dilated by the disk given as :func:`_disk_rectangles` (``cv2.dilate``'s border adds nothing)."""
+    source = bmap.view(np.uint8)
+    out = cv2.dilate(source, rectangles[0])
+    for kernel in rectangles[1:]:
+        np.bitwise_or(out, cv2.dilate(source, kernel), out=out)
+    return out.view(bool)
+
+
+def _boundary_matches(pred_b: np.ndarray, gt_b: np.ndarray, rectangles: tuple[np.ndarray, ...]) -> tuple[int, int]:
     """``(|B_pred ∩ dil(B_gt)|, |B_gt ∩ dil(B_pred)|)`` of two non-empty (H, W) boundary maps.
 
     Computed on the bounding box of both boundaries, which is exact: every counted pixel lies in the box, a dilated
@@ -145,15 +166,15 @@ def _boundary_matches(pred_b: np.ndarray, gt_b: np.ndarray, kernel: np.ndarray) 
     Args:
         pred_b: (H, W) bool predicted boundary map.
         gt_b: (H, W) bool ground-truth boundary map.
-        kernel: (2r+1, 2r+1) uint8 disk.
+        rectangles: the dilation disk as :func:`_disk_rectangles`.
     """
-    rows = np.flatnonzero((pred_b | gt_b).any(1))
-    cols = np.flatnonzero((pred_b | gt_b).any(0))
+    either = pred_b | gt_b
+    rows, cols = np.flatnonzero(either.any(1)), np.flatnonzero(either.any(0))
     box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     pred_crop, gt_crop = np.ascontiguousarray(pred_b[box]), np.ascontiguousarray(gt_b[box])
-    gt_dil = cv2.dilate(gt_crop.view(np.uint8), kernel).view(bool)
-    pred_dil = cv2.dilate(pred_crop.view(np.uint8), kernel).view(bool)
-    return int(np.count_nonzero(pred_crop & gt_dil)), int(np.count_nonzero(gt_crop & pred_dil))
+    pred_hits = np.count_nonzero(pred_crop & _dilate(gt_crop, rectangles))
+    gt_hits = np.count_nonzero(gt_crop & _dilate(pred_crop, rectangles))
+    return int(pred_hits), int(gt_hits)
 
 
 def _boundary_f_frames(pred: np.ndarray, gt: np.ndarray, bound_th: float) -> np.ndarray:
@@ -169,12 +190,12 @@ def _boundary_f_frames(pred: np.ndarray, gt: np.ndarray, bound_th: float) -> np.
     """
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} != target shape {gt.shape}")
-    kernel = _disk(boundary_radius(pred.shape[-2], pred.shape[-1], bound_th)).astype(np.uint8)
+    rectangles = _disk_rectangles(boundary_radius(pred.shape[-2], pred.shape[-1], bound_th))
     pred_b, gt_b = _seg2bmap(pred), _seg2bmap(gt)
     n_pred, n_gt = np.count_nonzero(pred_b, axis=(1, 2)), np.count_nonzero(gt_b, axis=(1, 2))
     pred_hits, gt_hits = np.zeros(len(pred), np.int64), np.zeros(len(pred), np.int64)
     for t in np.flatnonzero((n_pred > 0) & (n_gt > 0)):
-        pred_hits[t], gt_hits[t] = _boundary_matches(pred_b[t], gt_b[t], kernel)
+        pred_hits[t], gt_hits[t] = _boundary_matches(pred_b[t], gt_b[t], rectangles)
     # An empty boundary has no matches, which gives the DAVIS edge cases: (P, R) = (1, 0), (0, 1) or (1, 1).
     precision = np.where(n_pred == 0, 1.0, pred_hits / np.maximum(n_pred, 1))
     recall = np.where(n_gt == 0, 1.0, gt_hits / np.maximum(n_gt, 1))
@@ -190,7 +211,8 @@ def boundary_f_measure(pred: MaskLike, gt: MaskLike, bound_th: float = 0.008) ->
     {(dx, dy): dx² + dy² ≤ r²}; Pr = |B_pred ∩ dil(B_gt)| / |B_pred|, Rc = |B_gt ∩ dil(B_pred)| / |B_gt| and
     F = 2·Pr·Rc / (Pr + Rc), 0 when Pr + Rc = 0. Edge cases follow DAVIS: both boundaries empty gives 1; an empty
     prediction boundary with a non-empty ground truth gives Pr=1, Rc=0 and an empty ground truth with a non-empty
-    prediction gives Pr=0, Rc=1, both F=0. The dilation is ``cv2.dilate`` with that disk, as in the official code.
+    prediction gives Pr=0, Rc=1, both F=0. The dilation is ``cv2.dilate``, as in the official code, by the same disk
+    decomposed into rectangles, on the bounding box of the two boundaries (both exact, see the helpers).
     """
     pred_np = _as_bool_tensor(pred).cpu().numpy()[None]
     gt_np = _as_bool_tensor(gt).cpu().numpy()[None]

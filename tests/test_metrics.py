@@ -168,7 +168,7 @@ def test_boundary_f_tolerance_at_480p(shift: int, expected: float) -> None:
     assert boundary_f_measure(pred, gt) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("bound_th", [0.008, 0.05, 3])
+@pytest.mark.parametrize("bound_th", [0, 0.008, 0.05, 0.3, 3])
 def test_boundary_f_edge_cases_match_direct_reference(bound_th: float) -> None:
     masks = _edge_case_masks((24, 37))
     for pred_name, pred in masks.items():
