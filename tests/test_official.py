@@ -5,6 +5,7 @@ behind; the rule table covers the full-size release key list on the meta device.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -602,3 +603,20 @@ def test_rule_table_covers_the_full_size_release():
     assert parts["mask2former"].backbone_config.depths == [2, 2, 18, 2]
     assert parts["mask2former"].backbone_config.window_size == 12
     assert (parts["mask2former"].decoder_layers, parts["model"].perceiver.dim_head) == (10, 128)
+
+
+def test_official_profile_rebuilds_the_fpn_keeping_the_checkpoint_weights(tiny_config):
+    torch.manual_seed(0)
+    ours = InstructSeg.from_config(tiny_config)
+    official_model = InstructSeg.from_config(dataclasses.replace(tiny_config, profile="official"))
+    ours_fpn, official_fpn = ours.pixel_decoder.decoder, official_model.pixel_decoder.decoder
+    for name in ("adapter_1", "layer_1"):
+        plain, rebuilt = getattr(ours_fpn, name), getattr(official_fpn, name)
+        assert plain[0].bias is None and torch.equal(rebuilt[0].bias, torch.zeros_like(rebuilt[0].bias))
+        assert torch.equal(plain[0].weight, rebuilt[0].weight) and rebuilt[1] is official_fpn.get_submodule(f"{name}.1")
+        assert isinstance(rebuilt[-1], torch.nn.ReLU)
+    assert not isinstance(ours_fpn.adapter_1[-1], torch.nn.ReLU)  # the project's profile keeps transformers' FPN
+    assert official_fpn.lateral_convolutions == [official_fpn.adapter_1]  # what transformers' forward iterates
+    assert official_fpn.output_convolutions == [official_fpn.layer_1]
+    with pytest.raises(ValueError, match="profile"):
+        dataclasses.replace(tiny_config, profile="paper")
