@@ -9,6 +9,8 @@ Legend: B batch, Q queries, h x w mask-logit resolution, H x W target resolution
   loss, so they push every score down. Samples without a mask (VQA) get no class or mask loss.
 * Mask loss on matched pairs: BCE + Dice on importance-sampled points (PointRend: oversample, keep the most
   uncertain ``importance_sample_ratio`` share, fill with uniform points), summed over masks / number of masks.
+* Ignore regions (ReasonSeg's ``ignore``): a sampled point whose bilinear footprint touches an ignored target pixel
+  is left out of the matching cost, the BCE and the Dice, so the target under an ignore region changes no term.
 * Deep supervision: the same three terms on every decoder step, summed.
 * Text loss: next-token cross-entropy on supervised answer tokens (computed by the LLM), weighted.
 """
@@ -30,15 +32,35 @@ def point_sample(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(values, grid, mode="bilinear", align_corners=False)[..., 0]
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row Dice loss ``1 - (2 Σ p t + 1) / (Σ p + Σ t + 1)``: ``(M, P), (M, P) → (M,)``."""
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row Dice loss ``1 - (2 Σ p t + 1) / (Σ p + Σ t + 1)``: ``(M, P), (M, P) → (M,)``.
+
+    ``weights`` ``(M, P)`` 0/1 leaves points out of every sum (ignored points).
+    """
     probs = logits.sigmoid()
+    if weights is not None:
+        probs, targets = probs * weights, targets * weights
     return 1.0 - (2.0 * (probs * targets).sum(-1) + 1.0) / (probs.sum(-1) + targets.sum(-1) + 1.0)
 
 
-def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row mean sigmoid BCE: ``(M, P), (M, P) → (M,)``."""
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row mean sigmoid BCE: ``(M, P), (M, P) → (M,)``; with 0/1 ``weights (M, P)``, the mean over kept points."""
+    per_point = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if weights is None:
+        return per_point.mean(-1)
+    return (per_point * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
+
+
+def kept_points(ignore: torch.Tensor | None, coords: torch.Tensor) -> torch.Tensor | None:
+    """0/1 weights ``(M, P)`` of the points whose bilinear footprint has no ignored pixel, or ``None`` (no ignore).
+
+    Args:
+        ignore: ``(M, H, W)`` bool ignore masks (or ``None``).
+        coords: ``(M, P, 2)`` normalised point coordinates.
+    """
+    if ignore is None:
+        return None
+    return (point_sample(ignore[:, None].float(), coords)[:, 0] == 0).float()
 
 
 def pairwise_mask_cost(
@@ -63,6 +85,7 @@ def hungarian_match(
     generator: torch.Generator | None = None,
     scores: torch.Tensor | None = None,
     class_weight: float = 0.0,
+    ignore: list[torch.Tensor | None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Assign queries to targets per sample with ``scipy.optimize.linear_sum_assignment`` on the mask cost.
 
@@ -72,6 +95,8 @@ def hungarian_match(
         num_points: P uniformly random points shared by queries and targets.
         scores: optional ``(B, Q)`` class logits; with ``class_weight > 0`` the cost adds
             ``-class_weight * sigmoid(score)`` (Mask2Former's class cost for a single foreground class).
+        ignore: optional per-sample ``(H, W)`` bool ignore masks (or ``None``); points touching them are left out of
+            the cost.
 
     Returns:
         Per sample ``(query_indices, target_indices)``, each ``(min(Q, K_b),)`` long.
@@ -85,13 +110,18 @@ def hungarian_match(
         coords = torch.rand(1, num_points, 2, device=logits.device, generator=generator)
         pred_points = point_sample(logits[:, None].float(), coords.expand(logits.shape[0], -1, -1))[:, 0]
         tgt_points = point_sample(target[:, None].float(), coords.expand(target.shape[0], -1, -1))[:, 0]
+        keep = kept_points(None if ignore is None or ignore[b] is None else ignore[b][None], coords)
+        if keep is not None:
+            pred_points, tgt_points = pred_points[:, keep[0] > 0], tgt_points[:, keep[0] > 0]
         cost = pairwise_mask_cost(pred_points, tgt_points, bce_weight, dice_weight)
         if scores is not None and class_weight > 0:
             cost = cost - class_weight * scores[b].float().sigmoid()[:, None]
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
         matches.append(
-            (torch.as_tensor(rows, dtype=torch.long, device=logits.device),
-             torch.as_tensor(cols, dtype=torch.long, device=logits.device))
+            (
+                torch.as_tensor(rows, dtype=torch.long, device=logits.device),
+                torch.as_tensor(cols, dtype=torch.long, device=logits.device),
+            )
         )
     return matches
 
@@ -124,7 +154,12 @@ class InstructSegCriterion(nn.Module):
         self.config = config
 
     def step_losses(
-        self, mask_logits: torch.Tensor, scores: torch.Tensor, targets: list[torch.Tensor], has_mask: torch.Tensor
+        self,
+        mask_logits: torch.Tensor,
+        scores: torch.Tensor,
+        targets: list[torch.Tensor],
+        has_mask: torch.Tensor,
+        ignore_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Class, BCE and Dice loss of one decoder step.
 
@@ -133,18 +168,28 @@ class InstructSegCriterion(nn.Module):
             scores: ``(B, Q)`` class logits.
             targets: per sample ``(K_b, H, W)`` (``K_b = 0`` for no-target samples).
             has_mask: ``(B,)`` bool; False rows (VQA) are left out of every term.
+            ignore_mask: optional ``(B, H, W)`` bool, True = pixel left out of the matching cost and mask losses.
         """
         cfg = self.config
+        ignores = list(ignore_mask.bool()) if ignore_mask is not None else None
         matches = hungarian_match(
-            mask_logits, targets, cfg.num_points, cfg.mask_weight, cfg.dice_weight,
-            scores=scores, class_weight=cfg.class_cost_weight,
+            mask_logits,
+            targets,
+            cfg.num_points,
+            cfg.mask_weight,
+            cfg.dice_weight,
+            scores=scores,
+            class_weight=cfg.class_cost_weight,
+            ignore=ignores,
         )
         class_target = torch.zeros_like(scores, dtype=torch.float32)
-        pred_list, tgt_list = [], []
+        pred_list, tgt_list, ignore_list = [], [], []
         for b, (q_idx, t_idx) in enumerate(matches):
             class_target[b, q_idx] = 1.0
             pred_list.append(mask_logits[b, q_idx])
             tgt_list.append(targets[b][t_idx])
+            if ignores is not None:
+                ignore_list.append(ignores[b].expand(len(t_idx), -1, -1))
         rows = has_mask.bool()
         num_masks = max(float(class_target[rows].sum()), 1.0)
         zero = scores.sum() * 0.0
@@ -163,10 +208,11 @@ class InstructSegCriterion(nn.Module):
         coords = importance_points(preds, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio)
         pred_points = point_sample(preds.float(), coords)[:, 0]  # (M, P)
         tgt_points = point_sample(tgts.float(), coords)[:, 0]
+        keep = kept_points(torch.cat(ignore_list) if ignores is not None else None, coords)  # (M, P) or None
         return {
             "class": loss_class,
-            "bce": bce_loss(pred_points, tgt_points).sum() / num_masks,
-            "dice": dice_loss(pred_points, tgt_points).sum() / num_masks,
+            "bce": bce_loss(pred_points, tgt_points, keep).sum() / num_masks,
+            "dice": dice_loss(pred_points, tgt_points, keep).sum() / num_masks,
         }
 
     def forward(
@@ -176,6 +222,7 @@ class InstructSegCriterion(nn.Module):
         has_target: torch.Tensor,
         has_mask: torch.Tensor,
         lm_loss: torch.Tensor | None = None,
+        ignore_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """All loss terms and their weighted sum under ``"loss"``.
 
@@ -185,6 +232,8 @@ class InstructSegCriterion(nn.Module):
             has_target: ``(B,)`` bool; False = no-target query (all class targets 0, no mask loss).
             has_mask: ``(B,)`` bool; False = sample without segmentation supervision (VQA).
             lm_loss: text loss from the LLM, or ``None``.
+            ignore_mask: optional ``(B, H, W)`` bool, True = pixel excluded from the mask losses and the matching
+                cost (ReasonSeg ignore regions; the batch's ``ignore_mask``).
 
         Returns:
             ``{"loss", "loss_class", "loss_bce", "loss_dice", "loss_text", "loss_class_0", ...}`` (per-step terms
@@ -198,7 +247,9 @@ class InstructSegCriterion(nn.Module):
         out: dict[str, torch.Tensor] = {}
         total = target_masks.new_zeros(())
         for step in steps:
-            terms = self.step_losses(prediction.mask_logits[step], prediction.scores[step], targets, has_mask)
+            terms = self.step_losses(
+                prediction.mask_logits[step], prediction.scores[step], targets, has_mask, ignore_mask
+            )
             suffix = "" if step == last else f"_{step}"
             for name, value in terms.items():
                 out[f"loss_{name}{suffix}"] = value
@@ -207,4 +258,3 @@ class InstructSegCriterion(nn.Module):
         out["loss_text"] = lm_loss if lm_loss is not None else total.new_zeros(())
         out["loss"] = total + cfg.text_weight * out["loss_text"]
         return out
-

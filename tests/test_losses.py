@@ -162,3 +162,25 @@ def test_class_cost_breaks_ties_towards_the_highest_score():
     assert rows.tolist() == [2]
     ((rows, _),) = hungarian_match(logits, [target], 16, 5.0, 5.0, scores=-scores, class_weight=2.0)
     assert rows.tolist() == [0]
+
+
+def test_ignored_pixels_change_no_loss_term():
+    """Flipping the target under an ignore region leaves every term of every step unchanged; without it, not."""
+    pred = _prediction(b=2, q=4, side=8, steps=2)
+    target = torch.zeros(2, 32, 32)
+    target[:, 8:24, 8:24] = 1
+    ignore = torch.zeros(2, 32, 32, dtype=torch.bool)
+    ignore[:, :, 18:] = True
+    flipped = torch.where(ignore, 1 - target, target)
+    crit = InstructSegCriterion(LossConfig(num_points=256))
+    yes = torch.tensor([True, True])
+
+    def losses(tgt, ignore_mask):
+        torch.manual_seed(0)
+        return {k: float(v) for k, v in crit(pred, tgt, yes, yes, ignore_mask=ignore_mask).items()}
+
+    assert losses(flipped, ignore) == losses(target, ignore)
+    plain, plain_flipped = losses(target, None), losses(flipped, None)
+    assert all(abs(plain[k] - plain_flipped[k]) > 1e-3 for k in ("loss_bce", "loss_dice", "loss_bce_0"))
+    nothing_ignored = losses(target, torch.zeros_like(ignore))
+    assert nothing_ignored == pytest.approx(plain, rel=1e-5)
