@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures.release_layout import FULL, release_config, release_specs, write_tiny_release
+from fixtures.release_layout import FULL, release_config, release_specs, write_release
 from safetensors.torch import load_file, save_file
 from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
 
@@ -30,7 +30,7 @@ TOL = {"atol": 2e-5, "rtol": 1e-4}
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> Path:
-    return write_tiny_release(tmp_path_factory.mktemp("release") / "InstructSeg")
+    return write_release(tmp_path_factory.mktemp("release") / "InstructSeg")
 
 
 def read_release(root: Path) -> dict[str, torch.Tensor]:
@@ -568,16 +568,14 @@ def test_non_finite_release_tensor_is_refused(release, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_single_file_release_and_half_precision(release, tmp_path):
-    single = tmp_path / "single"
-    shutil.copytree(release, single, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
-    save_file({k: v for s in sorted(release.glob("*.safetensors")) for k, v in load_file(str(s)).items()},
-              str(single / "model.safetensors"))  # fmt: skip
+def test_single_file_release_and_half_precision(tmp_path):
+    single = write_release(tmp_path / "single", shards=1)
+    assert not (single / "model.safetensors.index.json").exists()
     out = convert_official(single, tmp_path / "bf16", dtype="bfloat16", quiet=True)
     stored = load_file(str(out / "model.safetensors"))
     assert {v.dtype for v in stored.values()} == {torch.bfloat16}
     model = InstructSeg.from_pretrained(out, dtype=torch.bfloat16)
-    assert torch.equal(model.llm.mask_queries, read_release(release)["seg_query"].bfloat16())
+    assert torch.equal(model.llm.mask_queries, read_release(single)["seg_query"].bfloat16())
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert_official(single, out, quiet=True)
     assert convert_official(single, out, overwrite=True, quiet=True) == out
