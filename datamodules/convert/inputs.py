@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image, ImageDraw
+import pycocotools.mask as mask_api
+from PIL import Image
 
 from ..rle import counts_to_string, encode_rle, rle_counts
 from ..schema import RecordError, check_rle_size
@@ -128,7 +130,12 @@ def unique_keys(names: Sequence[str]) -> list[str]:
     return keys
 
 
-def _flat_coordinates(polygon: Any, where: str) -> list[float]:
+def flat_coordinates(polygon: Any, where: str) -> list[float]:
+    """``[x1, y1, x2, y2, ...]`` of a COCO polygon (already flat) or a LabelMe one (``[[x1, y1], [x2, y2], ...]``).
+
+    Raises:
+        RecordError: ``"bad_segmentation"`` for a polygon that is not an even-length list of numbers.
+    """
     if not isinstance(polygon, (list, tuple)):
         raise RecordError("bad_segmentation", f"{where}: a polygon must be a list of coordinates.")
     flat: list[Any] = []
@@ -142,26 +149,48 @@ def _flat_coordinates(polygon: Any, where: str) -> list[float]:
     return [float(v) for v in flat]
 
 
-def polygon_mask(polygons: Sequence[Any], height: int, width: int, where: str) -> np.ndarray:
-    """Rasterise polygons (their union) into a ``(height, width)`` bool mask with PIL.
+def int32_points(coordinates: list[float]) -> np.ndarray:
+    """``(N, 2)`` int32 points of flat coordinates, truncated toward zero (``np.array(poly, dtype=np.int32)``)."""
+    return np.array(coordinates, dtype=np.int32).reshape(-1, 2)
+
+
+RASTERIZERS = ("pycocotools", "cv2")
+"""Polygon rules for COCO segmentations: ``pycocotools`` (``frPyObjects`` + ``merge``, as the REFER API and the COCO
+tools; half-open pixel coverage, an integer rectangle ``x0..x1`` covers columns ``x0 .. x1 - 1``) or ``cv2``
+(InstructSeg's ``eval_res.py``: each polygon's points truncated to int32 and filled with ``cv2.fillPoly``, outline
+included, so an integer rectangle covers ``x0 .. x1``)."""
+
+
+def polygons_rle(polygons: Sequence[Any], height: int, width: int, where: str, rasterizer: str) -> dict[str, Any]:
+    """The compressed RLE of the union of COCO polygons, rasterised by the rule ``rasterizer`` (:data:`RASTERIZERS`).
 
     Args:
-        polygons: each ``[x1, y1, x2, y2, ...]`` (COCO) or ``[[x1, y1], [x2, y2], ...]`` (LabelMe); polygons with
-            fewer than 3 points are ignored. Pixels on the outline are inside.
+        polygons: each ``[x1, y1, x2, y2, ...]``; an empty list gives an empty mask.
         height: mask height.
         width: mask width.
         where: item location for error messages.
+        rasterizer: ``"pycocotools"`` or ``"cv2"``. With ``pycocotools``, polygons of fewer than 3 points are left
+            out: pycocotools gives them no pixel (and would read a 2-point one as a box); ``cv2`` fills every
+            polygon as InstructSeg does (a 1- or 2-point polygon becomes a dot or a line).
 
     Raises:
         RecordError: ``"bad_segmentation"`` for a polygon that is not a list of numbers.
+        ValueError: for an unknown ``rasterizer``.
     """
-    image = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(image)
-    for polygon in polygons:
-        coordinates = _flat_coordinates(polygon, where)
-        if len(coordinates) >= 6:
-            draw.polygon(coordinates, fill=1, outline=1)
-    return np.asarray(image, dtype=bool)
+    coordinates = [flat_coordinates(polygon, where) for polygon in polygons]
+    if rasterizer == "pycocotools":
+        coordinates = [c for c in coordinates if len(c) >= 6]
+        if not coordinates:
+            return encode_rle(np.zeros((height, width), dtype=bool))
+        rle = mask_api.merge(mask_api.frPyObjects(coordinates, height, width))
+        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    if rasterizer == "cv2":
+        mask = np.zeros((height, width), dtype=np.uint8)
+        for points in coordinates:
+            if points:
+                cv2.fillPoly(mask, [int32_points(points)], 1)
+        return encode_rle(mask.astype(bool))
+    raise ValueError(f"rasterizer must be one of {RASTERIZERS}, got {rasterizer!r}.")
 
 
 def checked_rle(rle: Any, height: int, width: int, where: str) -> dict[str, Any]:
@@ -182,8 +211,12 @@ def checked_rle(rle: Any, height: int, width: int, where: str) -> dict[str, Any]
     return {"size": [height, width], "counts": text if isinstance(text, str) else counts_to_string(counts)}
 
 
-def coco_segmentation_rle(segmentation: Any, height: int, width: int, where: str) -> dict[str, Any]:
+def coco_segmentation_rle(
+    segmentation: Any, height: int, width: int, where: str, rasterizer: str = "pycocotools"
+) -> dict[str, Any]:
     """The compressed RLE of a COCO ``segmentation``: a polygon list (empty = empty mask) or an RLE (``iscrowd``).
+
+    Polygons are rasterised by :func:`polygons_rle`; an RLE is verified and kept as is (both rules agree on it).
 
     Raises:
         RecordError: ``"bad_segmentation"``, ``"bad_rle"`` or ``"mask_size"``.
@@ -191,7 +224,7 @@ def coco_segmentation_rle(segmentation: Any, height: int, width: int, where: str
     if isinstance(segmentation, dict):
         return checked_rle(segmentation, height, width, where)
     if isinstance(segmentation, list):
-        return encode_rle(polygon_mask(segmentation, height, width, where))
+        return polygons_rle(segmentation, height, width, where, rasterizer)
     raise RecordError("bad_segmentation", f"{where}: 'segmentation' must be a polygon list or an RLE dict.")
 
 

@@ -7,13 +7,14 @@ Layout (``--root`` is the ``ReasonSeg`` folder)::
                                            "is_sentence": bool}
     <root>/explanatory/<split>.json       optional: [{"image": "<name>.jpg", "query", "outputs"}] (only train exists)
 
-Records (task ``reasonseg``): one per image. The polygons are filled in order of decreasing area, as LISA's
-``get_mask_from_json`` does, so a smaller polygon drawn later wins where they overlap: labels containing ``ignore``
-become the record's ``ignore`` region (excluded from the loss; not background), labels equal to ``flag`` are skipped
-and every other label is target. The target is object ``"0"``. One query per sentence of ``text``: ``reasoning`` when
-``is_sentence`` is true, else ``referring`` (``id`` = the sentence index). An explanatory entry gives its ``outputs``
-as the ``answer`` of the query with the same text, or adds a query (``id`` = ``explanatory-<k>``) when no sentence
-matches.
+Records (task ``reasonseg``): one per image, masks by LISA's ``get_mask_from_json`` rule (:func:`label_masks`):
+points truncated to int32, each polygon painted with ``cv2.polylines`` (closed, 1 pixel) then ``cv2.fillPoly``, in
+order of decreasing painted area, so a smaller polygon drawn later wins where they overlap: labels containing
+``ignore`` become the record's ``ignore`` region (LISA's 255: excluded from the loss and the evaluation, not
+background), labels equal to ``flag`` are skipped and every other label is target. The target is object ``"0"``.
+One query per sentence of ``text``: ``reasoning`` when ``is_sentence`` is true, else ``referring`` (``id`` = the
+sentence index). An explanatory entry gives its ``outputs`` as the ``answer`` of the query with the same text, or adds
+a query (``id`` = ``explanatory-<k>``) when no sentence matches.
 """
 
 from __future__ import annotations
@@ -25,20 +26,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..rle import encode_rle
 from ..schema import RecordError
 from .base import Converted, Converter, ConvertError, Item, Report
-from .inputs import load_json, ordered_splits, polygon_mask, read_frames, require_dir, unique_keys
+from .inputs import flat_coordinates, int32_points, load_json, ordered_splits, read_frames, require_dir, unique_keys
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TARGET_OBJECT = "0"
-_TARGET, _IGNORE = 1, 2
+_TARGET, _IGNORE = 1, 255  # LISA's label values
+
+
+def _paint(canvas: np.ndarray, points: np.ndarray, value: int) -> None:
+    """LISA's stroke: the closed 1-pixel outline (``cv2.polylines``), then the interior (``cv2.fillPoly``)."""
+    cv2.polylines(canvas, points, True, value, 1)
+    cv2.fillPoly(canvas, points, value)
 
 
 def label_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Target and ignore masks of LabelMe ``shapes``, filled by decreasing polygon area (LISA's order).
+    """Target and ignore masks of LabelMe ``shapes`` by LISA's ``get_mask_from_json`` rule.
+
+    Shapes labelled ``flag`` (any case) are skipped. Each other polygon's points are truncated to int32 and painted
+    with its outline (:func:`_paint`); the polygons are painted in order of decreasing painted area
+    (``np.argsort(areas)[::-1]``, as LISA), value 255 (ignore) when the label contains ``ignore``, else 1 (target),
+    so a smaller polygon wins where they overlap.
+
+    Returns:
+        ``(target, ignore)``: ``(H, W)`` bool masks of the pixels left at 1 and at 255.
 
     Raises:
         RecordError: ``"bad_annotation"`` for malformed shapes, ``"bad_segmentation"`` for malformed points.
@@ -52,11 +68,18 @@ def label_masks(shapes: Any, height: int, width: int, where: str) -> tuple[np.nd
             raise RecordError("bad_annotation", f"{where}: shape {index} needs a 'label' and 'points'.")
         if label.lower() == "flag":
             continue
-        mask = polygon_mask([shape["points"]], height, width, f"{where} shape {index}")
-        polygons.append((mask, _IGNORE if "ignore" in label.lower() else _TARGET))
+        coordinates = flat_coordinates(shape["points"], f"{where} shape {index}")
+        if not coordinates:
+            raise RecordError("bad_segmentation", f"{where}: shape {index} has no points.")
+        polygons.append((int32_points(coordinates)[None], _IGNORE if "ignore" in label.lower() else _TARGET))
+    areas = []
+    for points, _ in polygons:
+        canvas = np.zeros((height, width), dtype=np.uint8)
+        _paint(canvas, points, 1)
+        areas.append(canvas.sum())
     labels = np.zeros((height, width), dtype=np.uint8)
-    for mask, value in sorted(polygons, key=lambda p: -int(p[0].sum())):
-        labels[mask] = value
+    for index in np.argsort(areas)[::-1]:
+        _paint(labels, *polygons[index])
     return labels == _TARGET, labels == _IGNORE
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pycocotools.mask as mask_api
 import pytest
 
-from datamodules.convert.inputs import checked_rle, coco_segmentation_rle, polygon_mask, unique_keys
+from datamodules.convert.inputs import checked_rle, coco_segmentation_rle, polygons_rle, unique_keys
 from datamodules.rle import decode_rle, encode_rle, mask_to_counts
 from datamodules.schema import RecordError
 
@@ -42,13 +44,48 @@ def test_checked_rle_accepts_both_forms_and_rejects_bad_ones():
         assert error.value.reason == reason and "where" in error.value.message
 
 
-def test_polygons():
-    mask = polygon_mask([[1, 1, 4, 1, 4, 3, 1, 3], [6, 0, 6, 0]], 5, 8, "x")  # the 2-point polygon is ignored
-    expected = np.zeros((5, 8), dtype=bool)
-    expected[1:4, 1:5] = True
-    np.testing.assert_array_equal(mask, expected)
-    np.testing.assert_array_equal(polygon_mask([[[1, 1], [4, 1], [4, 3], [1, 3]]], 5, 8, "x"), expected)
+def test_polygon_rules_on_rectangles():
+    """pycocotools covers an integer rectangle half-open, InstructSeg's cv2 rule includes its outline."""
+    rect = [1, 1, 4, 1, 4, 3, 1, 3]
+    half_open, outline = np.zeros((5, 8), dtype=bool), np.zeros((5, 8), dtype=bool)
+    half_open[1:3, 1:4] = True
+    outline[1:4, 1:5] = True
+    dot = [6, 0, 6, 0]  # a 2-point polygon: no pixel for pycocotools, the pixel (x 6, y 0) for cv2.fillPoly
+    np.testing.assert_array_equal(decode_rle(polygons_rle([rect, dot], 5, 8, "x", "pycocotools")), half_open)
+    with_dot = outline.copy()
+    with_dot[0, 6] = True
+    np.testing.assert_array_equal(decode_rle(polygons_rle([rect, dot], 5, 8, "x", "cv2")), with_dot)
+    fractional = [1.9, 1.99, 4.7, 1.5, 4.99, 3.2, 1.2, 3.9]  # cv2: truncated to the same integer rectangle
+    np.testing.assert_array_equal(decode_rle(polygons_rle([fractional], 5, 8, "x", "cv2")), outline)
     assert not decode_rle(coco_segmentation_rle([], 5, 8, "x")).any()
     for bad in ([[1, 2, 3]], [["a", 1, 2, 3, 4, 5]], "poly"):
         with pytest.raises(RecordError, match="x"):
             coco_segmentation_rle(bad, 5, 8, "x")
+    with pytest.raises(ValueError, match="rasterizer"):
+        polygons_rle([rect], 5, 8, "x", "pil")
+
+
+def _instructseg_eval_res(segmentation, height, width):
+    """InstructSeg's ``eval_res.py`` ground truth for a polygon annotation, transcribed."""
+    segm = np.zeros((height, width), dtype=np.uint8)
+    for poly in segmentation:
+        poly = np.array(poly, dtype=np.int32).reshape(-1, 2)
+        cv2.fillPoly(segm, [poly], 1)
+    return segm.astype(np.bool_)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' decode under NumPy 2
+@pytest.mark.parametrize("seed", range(5))
+def test_polygon_rules_match_the_official_code(seed):
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(20, 120, size=2))
+    polygons = []
+    for _ in range(int(rng.integers(1, 4))):
+        count = int(rng.integers(3, 30))
+        xs, ys = rng.uniform(-2, width + 2, count), rng.uniform(-2, height + 2, count)
+        polygons.append([round(float(v), 2) for pair in zip(xs, ys) for v in pair])
+    # the REFER API's getMask: frPyObjects, decode, union of the parts
+    refer = mask_api.decode(mask_api.frPyObjects(polygons, height, width)).sum(axis=2) > 0
+    np.testing.assert_array_equal(decode_rle(polygons_rle(polygons, height, width, "x", "pycocotools")), refer)
+    ours = decode_rle(coco_segmentation_rle(polygons, height, width, "x", "cv2"))
+    np.testing.assert_array_equal(ours, _instructseg_eval_res(polygons, height, width))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from fixtures.official_layouts import write_reasonseg
@@ -56,6 +57,54 @@ def test_flag_is_skipped_and_smaller_polygons_win():
     target, ignore = label_masks(shapes, 12, 12, "test")
     assert target.sum() == 9 and target[4:7, 4:7].all()
     assert ignore.sum() == 64 - 9 and not ignore[0].any()
+
+
+def _lisa_get_mask_from_json(shapes, height, width):
+    """LISA's ``get_mask_from_json`` (utils/data_processing.py) after parsing, transcribed: 0 / 1 / 255 labels."""
+    area_list, valid_poly_list = [], []
+    for i in shapes:
+        if "flag" == i["label"].lower():
+            continue
+        tmp_mask = np.zeros((height, width), dtype=np.uint8)
+        cv2.polylines(tmp_mask, np.array([i["points"]], dtype=np.int32), True, 1, 1)
+        cv2.fillPoly(tmp_mask, np.array([i["points"]], dtype=np.int32), 1)
+        area_list.append(tmp_mask.sum())
+        valid_poly_list.append(i)
+    sort_index = list(np.argsort(area_list)[::-1].astype(np.int32))
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for i in [valid_poly_list[s] for s in sort_index]:
+        label_value = 255 if "ignore" in i["label"].lower() else 1
+        cv2.polylines(mask, np.array([i["points"]], dtype=np.int32), True, label_value, 1)
+        cv2.fillPoly(mask, np.array([i["points"]], dtype=np.int32), label_value)
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_masks_match_lisa(seed):
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(16, 90, size=2))
+    shapes = []
+    for _ in range(int(rng.integers(1, 6))):
+        count = int(rng.integers(3, 12))
+        points = [
+            [round(float(x), 2), round(float(y), 2)]
+            for x, y in zip(rng.uniform(0, width, count), rng.uniform(0, height, count))
+        ]
+        label = str(rng.choice(["target", "ignore", "Ignore region", "flag", "the cup"]))
+        shapes.append({"label": label, "points": points})
+    labels = _lisa_get_mask_from_json(shapes, height, width)
+    target, ignore = label_masks(shapes, height, width, "test")
+    np.testing.assert_array_equal(target, labels == 1)
+    np.testing.assert_array_equal(ignore, labels == 255)
+
+
+def test_points_are_truncated_and_the_outline_is_inside():
+    rect = [[2.9, 3.9], [7.9, 3.9], [7.99, 6.9], [2.5, 6.5]]  # int32: (2, 3) .. (7, 6)
+    target, ignore = label_masks([{"label": "target", "points": rect}], 10, 10, "test")
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[3:7, 2:8] = True
+    np.testing.assert_array_equal(target, expected)
+    assert not ignore.any()
 
 
 def test_bad_items_and_missing_root(tmp_path, convert, caplog):

@@ -82,6 +82,24 @@ def test_refcocog_umd_and_refcoco_plus(tmp_path, convert, read_split):
     assert {r.meta["dataset"] for r in read_split(tmp_path / "out_plus", "refcoco+", "train").values()} == {"refcoco+"}
 
 
+def test_rasterizer_option(tmp_path, convert, read_split, masks):
+    """``--rasterizer cv2`` gives InstructSeg's masks (outline included); the choice is in summary.json."""
+    fixture = write_refcoco(tmp_path / "refer", num_images=4)
+    default = convert("refcoco", fixture.data_dir, tmp_path / "coco", "--split", "train")
+    assert default["options"]["rasterizer"] == "pycocotools"
+    summary = convert("refcoco", fixture.data_dir, tmp_path / "cv2", "--split", "train", "--rasterizer", "cv2")
+    assert summary["options"]["rasterizer"] == "cv2"
+    coco, cv2 = (read_split(tmp_path / name, "refcoco", "train") for name in ("coco", "cv2"))
+    differs = 0
+    for key, record in cv2.items():
+        for object_id in record.meta["objects"]:
+            np.testing.assert_array_equal(masks(record, object_id)[0], fixture.cv2_masks[int(object_id)])
+            differs += not np.array_equal(masks(record, object_id)[0], masks(coco[key], object_id)[0])
+    assert differs == 2 * len(cv2)  # the two polygon annotations of each image; the RLEs agree
+    with pytest.raises(ConvertError, match="rasterizer"):
+        RefCOCOConverter(fixture.data_dir, rasterizer="pil")
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker
