@@ -14,6 +14,11 @@ Every object seen in the PNGs is kept, with a null mask on the frames where it i
 expression but absent from every PNG has a null mask on every frame. A split without ``Annotations/`` (``valid``)
 gives ``has_annotations: false`` records (:mod:`datamodules.convert.video`). A listed frame without its PNG in an
 annotated split skips the video (``missing_annotation``).
+
+Splits as ReferFormer defines them: the competition's ``meta_expressions/valid`` lists the 202 validation videos and
+the 305 test videos, so ``valid`` is those videos minus the ones of ``meta_expressions/test/meta_expressions.json``
+(when that file exists; the number left out is ``test_videos_excluded`` in the summary), and ``test`` reads its
+frames from ``<root>/valid/JPEGImages`` (where the release puts them) unless ``<root>/test/JPEGImages`` exists.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from PIL import Image
 
 from ..rle import encode_rle
 from ..schema import RecordError
-from .video import MetaExpressionsConverter, VideoAnnotations
+from .base import ConvertError
+from .inputs import load_json
+from .video import MetaExpressionsConverter, SplitLayout, VideoAnnotations
 
 VOID = 255
 
@@ -59,6 +66,38 @@ class RefYouTubeVOSConverter(MetaExpressionsConverter):
     """
 
     name = "refytvos"
+
+    def load_layout(self, split: str) -> SplitLayout:
+        """The split's metadata; ``valid`` without the test videos, ``test`` with the frames of ``valid``."""
+        layout = super().load_layout(split)
+        if split == "valid":
+            excluded = self.test_videos() & set(layout.videos)
+            layout.videos = {name: video for name, video in layout.videos.items() if name not in excluded}
+            self.test_videos_excluded = len(excluded)
+        elif split == "test" and not layout.frame_root.is_dir():
+            layout.frame_root = self.root / "valid" / "JPEGImages"
+        return layout
+
+    def test_videos(self) -> set[str]:
+        """The videos of ``meta_expressions/test/meta_expressions.json`` (none when it does not exist).
+
+        Raises:
+            ConvertError: for a malformed test metadata file.
+        """
+        candidates = [meta for meta, _ in self.layout_candidates("test") if meta.is_file()]
+        if not candidates:
+            return set()
+        meta = load_json(candidates[0], f"{self.name} test metadata")
+        videos = meta.get("videos") if isinstance(meta, dict) else None
+        if not isinstance(videos, dict):
+            raise ConvertError(f"{self.name} metadata {candidates[0]}: expected an object with a 'videos' mapping.")
+        return set(videos)
+
+    def split_info(self, split: str) -> dict[str, Any]:
+        info = {**super().split_info(split), "frame_root": str(self.layouts[split].frame_root)}
+        if split == "valid":
+            info["test_videos_excluded"] = self.test_videos_excluded
+        return info
 
     def annotation_dir(self, split: str) -> Path:
         """The split's ``Annotations`` folder."""

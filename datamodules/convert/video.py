@@ -40,13 +40,19 @@ class SplitLayout:
 
     Attributes:
         meta_path: its ``meta_expressions.json``.
-        data_dir: the folder holding ``JPEGImages/`` (and the annotations).
+        data_dir: the folder holding the annotations (and by default ``JPEGImages/``).
         videos: the parsed ``videos`` mapping.
+        frame_root: the folder of the video frame folders (default ``<data_dir>/JPEGImages``).
     """
 
     meta_path: Path
     data_dir: Path
     videos: dict[str, Any]
+    frame_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame_root is None:
+            self.frame_root = self.data_dir / "JPEGImages"
 
 
 @dataclass
@@ -129,7 +135,8 @@ class MetaExpressionsConverter(Converter):
 
     def frame_dir(self, layout: SplitLayout, video: str) -> Path:
         """The folder of a video's frames."""
-        return layout.data_dir / "JPEGImages" / video
+        assert layout.frame_root is not None
+        return layout.frame_root / video
 
     # -- subclass hooks -----------------------------------------------------------------------------------------
 

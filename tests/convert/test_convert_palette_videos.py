@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from fixtures.official_layouts import write_palette_videos
+from PIL import Image
 
 from datamodules.convert import ConvertError, RefYouTubeVOSConverter
 
@@ -35,6 +36,27 @@ def test_refytvos_object_ids_masks_and_unannotated_valid(tmp_path, convert, read
     assert record.meta["has_annotations"] is False
     assert [q["object_ids"] for q in record.queries] == [["exp-0"], ["exp-1"], ["exp-2"], ["exp-3"]]
     assert all(o["masks"] == [None] * 4 for o in record.meta["objects"].values())
+
+
+def test_refytvos_splits_as_referformer(tmp_path, convert, read_split):
+    """valid = the listed valid videos minus those of meta_expressions/test; test frames come from valid/JPEGImages."""
+    fixture = write_palette_videos(tmp_path / "ytvos", videos={"train": 1, "valid": 2}, test_videos=3)
+    root = fixture.root
+    valid_meta = json.loads((root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
+    test_meta = json.loads((root / "meta_expressions" / "test" / "meta_expressions.json").read_text())["videos"]
+    assert len(valid_meta) == 5 and not (root / "test").exists()  # the release: valid lists both, frames in valid/
+    summary = convert("refytvos", root, tmp_path / "out")
+    assert list(summary["splits"]) == ["test", "train", "valid"]
+    valid, test = (read_split(tmp_path / "out", "refytvos", split) for split in ("valid", "test"))
+    assert {r.meta["video"] for r in valid.values()} == set(valid_meta) - set(test_meta) == set(fixture.videos["valid"])
+    assert summary["splits"]["valid"]["test_videos_excluded"] == 3
+    assert {r.meta["video"] for r in test.values()} == set(test_meta) == set(fixture.videos["test"])
+    assert summary["splits"]["test"]["frame_root"] == str(root / "valid" / "JPEGImages")
+    for record in test.values():
+        files = sorted((root / "valid" / "JPEGImages" / record.meta["video"]).glob("*.jpg"))
+        assert record.meta["frame_names"] == [f.stem for f in files] and record.num_frames == len(files)
+        assert record.frames[0].tobytes() == np.asarray(Image.open(files[0]).convert("RGB")).tobytes()
+        assert record.meta["has_annotations"] is False
 
 
 def test_refdavis_void_becomes_ignore(tmp_path, convert, read_split, masks):
