@@ -100,6 +100,21 @@ def test_segment_frames_give_a_gif_and_a_zip(demo_module, predictor, tmp_path):
     np.testing.assert_array_equal(first == 255, expected.masks[0])
 
 
+def test_segment_mp4(demo_module, predictor, tmp_path):
+    iio = pytest.importorskip("imageio.v3", reason="MP4 needs the demo extra's imageio[ffmpeg]")
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "clip.mp4", frames, fps=4)
+    expected = predictor.predict_video(tmp_path / "clip.mp4", "the car", "per_frame", "rvos", threshold=0.3)
+    overlay, score, _, archive = demo_module.segment(
+        predictor, [tmp_path / "clip.mp4"], "the car", "referring phrase", "per_frame", 0.3, tmp_path
+    )
+    assert score.startswith(f"mean {expected.scores.mean():.3f} over 5 frames")
+    with zipfile.ZipFile(archive) as zipped:
+        assert sorted(n for n in zipped.namelist() if n.endswith(".png")) == [
+            f"Annotations/clip/0/{i:05d}.png" for i in range(5)
+        ]
+
+
 def test_segment_bad_requests_say_what_to_do(demo_module, predictor, tmp_path):
     segment = demo_module.segment
     image = _write_image(tmp_path / "photo.png")
