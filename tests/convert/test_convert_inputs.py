@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_api
 import pytest
+from fixtures.official_layouts import random_polygon
 
 from datamodules.convert.inputs import checked_rle, coco_segmentation_rle, polygons_rle, unique_keys
 from datamodules.rle import decode_rle, encode_rle, mask_to_counts
@@ -79,11 +80,7 @@ def _instructseg_eval_res(segmentation, height, width):
 def test_polygon_rules_match_the_official_code(seed):
     rng = np.random.default_rng(seed)
     height, width = (int(v) for v in rng.integers(20, 120, size=2))
-    polygons = []
-    for _ in range(int(rng.integers(1, 4))):
-        count = int(rng.integers(3, 30))
-        xs, ys = rng.uniform(-2, width + 2, count), rng.uniform(-2, height + 2, count)
-        polygons.append([round(float(v), 2) for pair in zip(xs, ys) for v in pair])
+    polygons = [random_polygon(rng, height, width) for _ in range(int(rng.integers(1, 4)))]
     # the REFER API's getMask: frPyObjects, decode, union of the parts
     refer = mask_api.decode(mask_api.frPyObjects(polygons, height, width)).sum(axis=2) > 0
     np.testing.assert_array_equal(decode_rle(polygons_rle(polygons, height, width, "x", "pycocotools")), refer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from fixtures.official_layouts import write_reasonseg
+from fixtures.official_layouts import random_polygon, write_reasonseg
 
 from datamodules.convert import ConvertError, ReasonSegConverter
 from datamodules.convert.reasonseg import label_masks
@@ -85,11 +85,8 @@ def test_masks_match_lisa(seed):
     height, width = (int(v) for v in rng.integers(16, 90, size=2))
     shapes = []
     for _ in range(int(rng.integers(1, 6))):
-        count = int(rng.integers(3, 12))
-        points = [
-            [round(float(x), 2), round(float(y), 2)]
-            for x, y in zip(rng.uniform(0, width, count), rng.uniform(0, height, count))
-        ]
+        polygon = random_polygon(rng, height, width, max_vertices=12)
+        points = [polygon[k : k + 2] for k in range(0, len(polygon), 2)]
         label = str(rng.choice(["target", "ignore", "Ignore region", "flag", "the cup"]))
         shapes.append({"label": label, "points": points})
     labels = _lisa_get_mask_from_json(shapes, height, width)
