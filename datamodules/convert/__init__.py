@@ -16,6 +16,10 @@ revos          ``meta_expressions_<split>_.json`` + ``mask_dict*.json``      one
 llava          LLaVA-Instruct conversation JSON + images                   one per image, query per turn pair
 =============  ==========================================================  =====================================
 
+The shards of split ``<split>`` are ``<shard dir>/<name>-<split>-NNNNNN.tar`` (six digits from ``000000``; e.g.
+``refcoco+-testA-000000.tar``), so the shipped ``configs/data/<name>.yaml`` read
+``data/shards/<name>/<name>-<split>-*.tar`` after ``--out data/shards/<name>``.
+
 Each module documents its layout and mapping; :mod:`.base` holds the converter interface, :mod:`.inputs` the
 helpers for reading the official inputs and :mod:`.runner` the resumable shard runner
 (:func:`~.runner.convert_dataset`).
