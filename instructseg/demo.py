@@ -21,6 +21,7 @@ and works without a network (the browser test checks every request the page make
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -97,17 +98,16 @@ def build_app(predictor: InstructSegPredictor) -> gr.Blocks:
     ``#strategy``, ``#threshold``, ``#run``; outputs ``#overlay``, ``#score``, ``#answer``, ``#masks``.
     """
     out_root = Path(tempfile.mkdtemp(prefix="instructseg-demo-"))
+    atexit.register(shutil.rmtree, out_root, True)
     default_threshold = float(predictor.config.decoder.no_target_threshold)
 
     def run(files: list[str] | None, text: str, kind: str, strategy: str, threshold: float) -> tuple:
         try:
-            return segment(
-                predictor, files or [], text, kind, strategy, threshold, Path(tempfile.mkdtemp(dir=out_root))
-            )
+            return segment(predictor, files or [], text, kind, strategy, threshold, _request_dir(out_root))
         except (ValueError, OSError) as err:  # InputError, FileNotFoundError, ... : shown in the page
             raise gr.Error(" ".join(str(err).split())) from None
 
-    with gr.Blocks(title="InstructSeg demo", analytics_enabled=False) as app:
+    with gr.Blocks(title="InstructSeg demo", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(
             "# InstructSeg\nUpload an image, a video (GIF / MP4) or the frames of a video, type what to segment, "
             "and press **Segment**."
@@ -159,6 +159,16 @@ def build_app(predictor: InstructSegPredictor) -> gr.Blocks:
         button.click(run, inputs, outputs)
         instruction.submit(run, inputs, outputs)
     return app
+
+
+def _request_dir(root: Path, keep: int = 4) -> Path:
+    """A new folder for one request's files under ``root``; all but the ``keep`` newest older ones are removed.
+
+    (gradio has copied a finished request's files into its own cache, which ``delete_cache`` empties hourly.)
+    """
+    for old in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root))
 
 
 def segment(

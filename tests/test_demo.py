@@ -164,6 +164,8 @@ def test_browser_uploads_an_image_and_sees_overlay_and_score(demo_module, predic
         wait = WebDriverWait(driver, 90)
         driver.get(url)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#media input[type=file]"))
+        driver.find_element(By.ID, "run").click()  # nothing uploaded yet: the page says what to do
+        wait.until(lambda d: "Upload an image" in d.find_element(By.TAG_NAME, "body").text)
         upload.send_keys(str(image))
         wait.until(lambda d: "photo" in d.find_element(By.ID, "media").text)  # the upload has finished
         driver.find_element(By.CSS_SELECTOR, "#instruction textarea").send_keys("the red square")
