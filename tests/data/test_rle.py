@@ -114,11 +114,12 @@ def reference_string_to_counts(data: bytes) -> list[int]:
     return counts
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_vectorised_parser_matches_the_character_loop(seed):
+@pytest.mark.parametrize("lengths", [(1, 40), (250, 700)])  # both sides of the vectorised-path threshold
+@pytest.mark.parametrize("seed", range(3))
+def test_parser_matches_the_character_loop(seed, lengths):
     rng = np.random.default_rng(seed)
     for _ in range(200):
-        length = int(rng.integers(1, 40))
+        length = int(rng.integers(*lengths))
         data = bytes(rng.integers(48, 112, size=length).tolist())
         if data[-1] - 48 & 0x20:  # end inside a count: always an error
             with pytest.raises(ValueError, match="truncated"):
