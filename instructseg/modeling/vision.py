@@ -3,7 +3,8 @@
 Legend: F frames (flattened batch x time), S input side, N SigLIP tokens per frame, C_* channels, D LLM width.
 
 * :class:`SiglipEncoder`: frozen SigLIP tower (hidden state ``select_layer``, -2 = penultimate) + a trainable
-  2-layer GELU MLP projector into the LLM width: ``(F, 3, S_clip, S_clip) -> (F, N, D)``.
+  2-layer GELU MLP projector into the LLM width: ``(F, 3, S_clip, S_clip) -> (F, N, D)``; the projector starts
+  from ``<siglip dir>/projector.safetensors`` when the SigLIP directory has one (else random).
 * :class:`SwinPyramid`: the frozen Swin backbone of a Mask2Former checkpoint:
   ``(F, 3, S_mask, S_mask) -> [(F, C_i, S/s_i, S/s_i) for s_i in (4, 8, 16, 32)]``.
 
@@ -13,8 +14,18 @@ reference code whose frozen Swin keeps DropPath 0.3 active) and run under ``torc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+#: A SigLIP directory may ship the projector of the multimodal LLM it was trained in (LLaVA-style ``mm_projector``).
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def make_projector(width: int, out_dim: int) -> nn.Sequential:
+    """The 2-layer GELU MLP from SigLIP width to LLM width (Mipha / LLaVA ``mlp2x_gelu``)."""
+    return nn.Sequential(nn.Linear(width, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
 class FrozenTower(nn.Module):
@@ -48,7 +59,12 @@ class SiglipEncoder(FrozenTower):
         super().__init__(tower)
         self.select_layer = select_layer
         width = tower.config.hidden_size
-        self.projector = nn.Sequential(nn.Linear(width, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.projector = make_projector(width, out_dim)
+        source = getattr(tower, "name_or_path", "")
+        if source and (Path(source) / PROJECTOR_FILE).is_file():
+            from safetensors.torch import load_file
+
+            self.projector.load_state_dict(load_file(Path(source) / PROJECTOR_FILE))
         self.image_size = tower.config.image_size
         self.num_tokens = (tower.config.image_size // tower.config.patch_size) ** 2
 
