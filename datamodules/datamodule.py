@@ -44,20 +44,14 @@ __all__ = ["InstructSegDataModule", "ShardSetConfig", "StreamLoader", "load_toke
 
 
 def load_tokenizer(path: str) -> Any:
-    """Load a Hugging Face tokenizer from a local directory and add the InstructSeg special tokens.
+    """The model's tokenizer loader (:func:`instructseg.modeling.loading.load_tokenizer`) plus the special tokens.
 
     Raises:
-        FileNotFoundError: when ``path`` holds no tokenizer.
+        PretrainedLoadError: (a ``FileNotFoundError``) when ``path`` holds no tokenizer.
     """
-    from transformers import AutoTokenizer
+    from instructseg.modeling.loading import load_tokenizer as load_model_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"tokenizer_path {path!r}: no tokenizer found ({exc}). Point it at the LLM directory of the pretrained "
-            "parts, e.g. write the tiny ones with `python -m instructseg.tiny --out checkpoints/tiny-pretrained`."
-        ) from None
+    tokenizer = load_model_tokenizer(path)
     add_instructseg_tokens(tokenizer)
     return tokenizer
 
@@ -116,10 +110,13 @@ class InstructSegDataModule(L.LightningDataModule):
     Args:
         train: training shard sets (``ShardSetConfig`` or dicts with ``name``, ``urls``, ``weight``, ``task``).
         val: validation shard sets.
-        tokenizer_path: local Hugging Face tokenizer directory (the LLM directory of the pretrained parts).
-        mask_size: mask-branch input and target side ``S``.
-        clip_size: SigLIP input side ``S_c``.
-        num_ref_frames: reference frames per video clip (images use the image itself as one reference).
+        tokenizer: the model's tokenizer (with the special tokens). ``instructseg fit`` links it from the model, so
+            model and data can never disagree on token ids.
+        tokenizer_path: a tokenizer directory, only when no ``tokenizer`` is given (standalone use of the data).
+        mask_size: mask-branch input and target side ``S`` (linked from ``model.config.mask.image_size``).
+        clip_size: SigLIP input side ``S_c`` (linked from ``model.config.vision.image_size``).
+        num_ref_frames: reference frames per video clip (linked from ``model.config.num_reference_frames``; images
+            use the image itself as one reference).
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         epoch_length: training samples per epoch per rank (rounded up to whole batches).
@@ -136,7 +133,8 @@ class InstructSegDataModule(L.LightningDataModule):
         self,
         train: list[ShardSetConfig] | None = None,
         val: list[ShardSetConfig] | None = None,
-        tokenizer_path: str = "checkpoints/tiny-pretrained/llm",
+        tokenizer: Any = None,
+        tokenizer_path: str | None = None,
         mask_size: int = 1024,
         clip_size: int = 384,
         num_ref_frames: int = 4,
@@ -170,7 +168,12 @@ class InstructSegDataModule(L.LightningDataModule):
         self.one_query_per_record = one_query_per_record
         self.max_resample = max_resample
         self.pin_memory = pin_memory
-        self.tokenizer: Any = None
+        if tokenizer is None and tokenizer_path is None:
+            raise ValueError(
+                "InstructSegDataModule: give the model's `tokenizer` (the CLI links it from the model) or a "
+                "`tokenizer_path`."
+            )
+        self.tokenizer: Any = tokenizer
         self.train_stream: MixtureStream | None = None
         self.val_stream: EvalStream | None = None
         self._skip_totals: Counter[str] = Counter()

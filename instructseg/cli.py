@@ -1,167 +1,352 @@
-"""The ``instructseg`` command line (a thin layer over the Python API).
+"""The one ``instructseg`` command: each subcommand is a typed function whose signature and docstring are its help.
 
-    instructseg predict --model DIR|CKPT --input IMAGE|VIDEO|FRAMES_DIR --text "..." [--text ...] --out OUT
-    instructseg export --checkpoint last.ckpt --out exports/instructseg [--metrics metrics.json]
-    instructseg make-tiny --out checkpoints/tiny-pretrained
-    instructseg fit|validate|test ...        (forwarded to the LightningCLI of instructseg.train_cli)
+    instructseg fit|validate --config ...          train / validate (LightningCLI; see ``instructseg fit --help``)
+    instructseg predict --model DIR|CKPT|HUB_ID --input IMAGE|VIDEO|FRAMES_DIR --text "..." --out OUT
+    instructseg evaluate --model ... --data configs/data/synthetic.yaml --out outputs/eval
+    instructseg export --checkpoint last.ckpt --out exports/my-model [--metrics metrics.json] [--overwrite true]
+    instructseg convert <dataset> --root OFFICIAL_DIR --out SHARDS        (see ``instructseg convert --help``)
+    instructseg synthetic --out data/synthetic
+    instructseg make-tiny --out checkpoints/tiny-pretrained [--pretrain true]
+    instructseg convert-official --src RELEASE_DIR --out EXPORT_DIR
+    instructseg demo --model DIR|HUB_ID
 
-``predict`` writes, for instruction k (0, 1, ...) and input ``<name>`` (file stem or folder name)::
+Several instructions: ``--text+ "the dog" --text+ "the cat"`` (or ``--text '["the dog", "the cat"]'``).
 
-    OUT/predictions.json                       texts, task, strategy, per-frame scores and no-target flags
-    OUT/Annotations/<name>/<k>/<frame>.png     0/255 masks at the original resolution (Ref-YouTube-VOS layout)
-    OUT/overlays/<name>_<k>.png | .gif         mask overlays with the instruction as caption
-
-Bad input (a missing or unreadable file, a video without frames, an empty instruction, an unsupported file type,
-an export of another format version) prints one ``instructseg: error: ...`` line on stderr and exits with code 2.
+Bad input (a missing or unreadable file, a video without frames, an empty instruction, an unsupported file type, an
+export of another format version, an option out of range) prints one ``instructseg: error: ...`` line on stderr and
+exits with code 2, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-TRAIN_COMMANDS = ("fit", "validate", "test")
-DTYPES = ("float32", "bfloat16", "float16")
+from instructseg.constants import IMAGE_TASKS, STRATEGIES, VIDEO_TASKS
+
 EXIT_BAD_INPUT = 2
+DTYPES = ("float32", "bfloat16", "float16")
+#: Subcommands handled by another parser (argv is forwarded as is).
+FORWARDED = ("fit", "validate", "convert")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="instructseg", description="InstructSeg: segment what a text instruction points at."
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_threshold(threshold: float | None) -> None:
+    _check(
+        threshold is None or (math.isfinite(threshold) and 0.0 <= threshold <= 1.0),
+        f"--threshold: a no-target score threshold in [0, 1], got {threshold}.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    predict = sub.add_parser("predict", help="segment an image or a video from text instructions")
-    predict.add_argument("--model", required=True, help="export directory or training .ckpt")
-    predict.add_argument("--input", required=True, help="image file, video file (GIF/MP4) or folder of frames")
-    predict.add_argument("--text", required=True, action="append", help="instruction (repeat for several)")
-    predict.add_argument("--out", required=True, help="output directory")
-    predict.add_argument("--task", default=None, help="res|reasonseg (images), rvos|reasonvos (videos)")
-    predict.add_argument("--strategy", default="per_frame", choices=("per_frame", "shared", "naive"))
-    predict.add_argument("--device", default="cpu")
-    predict.add_argument("--dtype", default="float32", choices=DTYPES, help="bfloat16/float16 run under autocast")
-    predict.add_argument("--threshold", type=float, default=None, help="no-target score threshold")
-    predict.add_argument("--chunk-size", type=int, default=16, help="frames encoded/decoded together")
-    predict.add_argument("--fps", type=float, default=4.0, help="frame rate of the overlay GIF")
-
-    export = sub.add_parser("export", help="merge LoRA and write a self-contained export directory")
-    export.add_argument("--checkpoint", required=True, help="training .ckpt")
-    export.add_argument("--out", required=True, help="export directory")
-    export.add_argument("--metrics", default=None, help="JSON file of metrics for the model card")
-
-    tiny = sub.add_parser("make-tiny", help="write tiny random pretrained parts (tests, synthetic benchmark)")
-    tiny.add_argument("--out", default="checkpoints/tiny-pretrained")
-    tiny.add_argument("--image-size", type=int, default=64)
-    tiny.add_argument("--seed", type=int, default=0)
-
-    for name in TRAIN_COMMANDS:
-        sub.add_parser(name, add_help=False, help=f"LightningCLI `{name}` (arguments are forwarded)")
-    return parser
 
 
-def _check_predict_input(args: argparse.Namespace) -> bool:
-    """Validate the cheap things before the model loads; returns whether the input is a video."""
-    from instructseg.video_io import IMAGE_EXTENSIONS, InputError, is_video_path
-
-    if any(not text.strip() for text in args.text):
-        raise InputError("--text: the instruction is empty; give a phrase or a question.")
-    path = Path(args.input)
-    if not path.exists():
-        raise FileNotFoundError(f"--input: no file or folder at {path}.")
-    video = is_video_path(path)
-    if not video and path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise InputError(
-            f"--input: unsupported file type {path.suffix!r} ({path}); give an image, a GIF/MP4 video "
-            "or a folder of frames."
-        )
-    if args.chunk_size < 1:
-        raise InputError(f"--chunk-size: expected >= 1, got {args.chunk_size}.")
-    return video
-
-
-def _predict(args: argparse.Namespace) -> None:
+def _check_runtime(device: str, dtype: str) -> Any:
+    """The torch dtype for ``dtype`` (None for float32) after checking that ``device`` exists here."""
     import torch
 
+    _check(dtype in DTYPES, f"--dtype: expected one of {DTYPES}, got {dtype!r}.")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device: {device!r} is not a device name (use cpu, cuda, cuda:1, mps).") from None
+    if dev.type == "cuda":
+        _check(torch.cuda.is_available(), f"--device {device}: this torch has no usable CUDA device; use --device cpu.")
+    elif dev.type == "mps":
+        _check(torch.backends.mps.is_available(), f"--device {device}: MPS is not available here; use --device cpu.")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device: unsupported device type {dev.type!r}; use cpu, cuda or mps.")
+    return None if dtype == "float32" else getattr(torch, dtype)
+
+
+def predict(
+    model: str,
+    input: Path,
+    text: list[str] | str,
+    out: Path,
+    task: str | None = None,
+    strategy: str = "per_frame",
+    device: str = "cpu",
+    dtype: str = "float32",
+    threshold: float | None = None,
+    chunk_size: int = 16,
+    fps: float = 4.0,
+) -> None:
+    """Segment an image or a video from text instructions.
+
+    Writes ``OUT/predictions.json`` (texts, task, per-frame scores and no-target flags),
+    ``OUT/Annotations/<name>/<k>/<frame>.png`` (0/255 masks at the original resolution) and
+    ``OUT/overlays/<name>_<k>.png|gif``.
+
+    Args:
+        model: export directory, training .ckpt or Hugging Face Hub id.
+        input: image file, video file (GIF/MP4) or folder of frames.
+        text: instruction; several with --text+ "a" --text+ "b".
+        out: output directory.
+        task: res|reasonseg (images) or rvos|reasonvos (videos); default res / rvos.
+        strategy: video strategy: per_frame (the paper's protocol), shared (one LLM pass) or naive.
+        device: cpu, cuda, cuda:N or mps.
+        dtype: float32, or bfloat16 / float16 (autocast).
+        threshold: no-target score threshold in [0, 1] (default: the model's).
+        chunk_size: video frames encoded and decoded together (bounds memory).
+        fps: frame rate of the overlay GIF.
+    """
+    from instructseg.video_io import IMAGE_EXTENSIONS, InputError, is_video_path
+
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts or any(not t.strip() for t in texts):
+        raise InputError("--text: the instruction is empty; give a phrase or a question.")
+    if not input.exists():
+        raise FileNotFoundError(f"--input: no file or folder at {input}.")
+    video = is_video_path(input)
+    if not video and input.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise InputError(
+            f"--input: unsupported file type {input.suffix!r} ({input}); give an image, a GIF/MP4 video or a folder "
+            "of frames."
+        )
+    allowed = VIDEO_TASKS if video else IMAGE_TASKS
+    task = task or allowed[0]
+    _check(task in allowed, f"--task: expected one of {allowed} for this input, got {task!r}.")
+    _check(strategy in STRATEGIES, f"--strategy: expected one of {STRATEGIES}, got {strategy!r}.")
+    _check(chunk_size >= 1, f"--chunk_size: expected >= 1, got {chunk_size}.")
+    _check(math.isfinite(fps) and 0 < fps <= 100, f"--fps: a frame rate in (0, 100], got {fps}.")
+    _check_threshold(threshold)
+    torch_dtype = _check_runtime(device, dtype)
+    _predict(model, input, texts, out, task, strategy, device, torch_dtype, threshold, chunk_size, fps, video)
+
+
+def _predict(
+    model: str, input: Path, texts: list[str], out: Path, task: str, strategy: str, device: str, dtype: Any,
+    threshold: float | None, chunk_size: int, fps: float, video: bool,
+) -> None:  # fmt: skip
     from instructseg.predictor import InstructSegPredictor
     from instructseg.video_io import load_image, open_video
     from instructseg.visualize import save_overlay_gif, save_overlay_png, save_submission_masks
 
-    video = _check_predict_input(args)
-    task = args.task or ("rvos" if video else "res")
-    inputs = open_video(args.input) if video else [load_image(args.input)]
-    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
-    predictor = InstructSegPredictor.from_pretrained(args.model, device=args.device, dtype=dtype)
-    out, name = Path(args.out), Path(args.input).stem or Path(args.input).resolve().name
+    inputs = open_video(input) if video else [load_image(input)]
+    predictor = InstructSegPredictor.from_pretrained(model, device=device, dtype=dtype)
+    name = input.stem or input.resolve().name
     if video:
         preds = predictor.predict_video(
-            inputs, args.text, args.strategy, task, chunk_size=args.chunk_size, threshold=args.threshold, progress=True
+            inputs, texts, strategy, task, chunk_size=chunk_size, threshold=threshold, progress=True
         )
         frame_names = inputs.names
         results = [(p.masks, p.scores.tolist(), p.no_target.tolist()) for p in preds]
     else:
-        preds = predictor.predict_image(inputs[0], args.text, task, threshold=args.threshold)
+        preds = predictor.predict_image(inputs[0], texts, task, threshold=threshold)
         frame_names = [name]
         results = [(p.mask[None], [p.score], [p.no_target]) for p in preds]
-    summary = {"input": str(args.input), "task": task, "strategy": args.strategy if video else None, "results": []}
-    for k, (text, (masks, scores, no_target)) in enumerate(zip(args.text, results)):
+    summary = {"input": str(input), "task": task, "strategy": strategy if video else None, "results": []}
+    for k, (text, (masks, scores, no_target)) in enumerate(zip(texts, results)):
         save_submission_masks(out, name, str(k), frame_names, masks)
         if video:
-            save_overlay_gif(
-                out / "overlays" / f"{name}_{k}.gif",
-                [inputs[i] for i in range(len(inputs))],
-                masks,
-                caption=text,
-                fps=args.fps,
-            )
+            frames = [inputs[i] for i in range(len(inputs))]
+            save_overlay_gif(out / "overlays" / f"{name}_{k}.gif", frames, masks, caption=text, fps=fps,
+                             scores=scores, no_target=no_target)  # fmt: skip
         else:
-            save_overlay_png(out / "overlays" / f"{name}_{k}.png", inputs[0], masks[0], caption=text)
-        frames = [{"name": f, "score": s, "no_target": t} for f, s, t in zip(frame_names, scores, no_target)]
-        summary["results"].append({"text": text, "masks": f"Annotations/{name}/{k}", "frames": frames})
+            save_overlay_png(out / "overlays" / f"{name}_{k}.png", inputs[0], masks[0], caption=text,
+                             score=scores[0], no_target=no_target[0])  # fmt: skip
+        frames_info = [{"name": f, "score": s, "no_target": t} for f, s, t in zip(frame_names, scores, no_target)]
+        summary["results"].append({"text": text, "masks": f"Annotations/{name}/{k}", "frames": frames_info})
     (out / "predictions.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote masks and overlays for {len(args.text)} instruction(s) x {len(frame_names)} frame(s) to {out}")
+    print(f"wrote masks and overlays for {len(texts)} instruction(s) x {len(frame_names)} frame(s) to {out}")
 
 
-def _export(args: argparse.Namespace) -> None:
+def evaluate(
+    model: str,
+    data: Path,
+    out: Path = Path("outputs/eval"),
+    strategy: str = "per_frame",
+    max_records: int | None = None,
+    overlays: int = 16,
+    submission: bool = False,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threshold: float | None = None,
+) -> None:
+    """Predict every query of a data config's validation sets at the original resolution and score it with the
+    official formulas; prints one table row per dataset and task and writes metrics.json, metrics.csv and overlays.
+
+    Args:
+        model: export directory, training .ckpt or Hugging Face Hub id.
+        data: data config YAML whose `data.init_args.val` shard sets are evaluated.
+        out: output directory.
+        strategy: video strategy: per_frame, shared or naive.
+        max_records: stop after this many records per shard set.
+        overlays: number of overlay pictures to write.
+        submission: also write masks in the official submission layout (submission/Annotations/...).
+        device: cpu, cuda, cuda:N or mps.
+        dtype: float32, or bfloat16 / float16 (autocast).
+        threshold: no-target score threshold in [0, 1] (default: the model's).
+    """
+    from instructseg.evaluation import evaluate_sets, format_table, val_urls
+    from instructseg.predictor import InstructSegPredictor
+
+    _check(strategy in STRATEGIES, f"--strategy: expected one of {STRATEGIES}, got {strategy!r}.")
+    _check(max_records is None or max_records >= 1, f"--max_records: expected >= 1, got {max_records}.")
+    _check(overlays >= 0, f"--overlays: expected >= 0, got {overlays}.")
+    _check_threshold(threshold)
+    torch_dtype = _check_runtime(device, dtype)
+    shard_sets = val_urls(data)
+    predictor = InstructSegPredictor.from_pretrained(model, device=device, dtype=torch_dtype)
+    results = evaluate_sets(predictor, shard_sets, out, strategy, max_records, overlays, submission, threshold)
+    print(format_table(results))
+    print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and overlays in {out / 'overlays'}")
+
+
+def export(checkpoint: Path, out: Path, metrics: Path | None = None, overwrite: bool = False) -> None:
+    """Merge LoRA into the LLM and write a self-contained export directory (atomic; a Hugging Face model card).
+
+    Args:
+        checkpoint: training .ckpt written by `instructseg fit`.
+        out: export directory to write (an existing folder that is not an export is never replaced).
+        metrics: metrics.json of an evaluation, shown in the model card.
+        overwrite: replace an existing export at OUT.
+    """
     from instructseg.checkpoint import export_checkpoint
 
-    metrics = None
-    if args.metrics:
-        metrics_path = Path(args.metrics)
-        if not metrics_path.is_file():
-            raise FileNotFoundError(f"--metrics: no file at {metrics_path}.")
-        metrics = json.loads(metrics_path.read_text())
-        if not isinstance(metrics, dict):
-            raise ValueError(f"--metrics: {metrics_path} must hold a JSON object of name -> value.")
-    print(f"exported to {export_checkpoint(args.checkpoint, args.out, metrics)}")
+    values = None
+    if metrics is not None:
+        _check(metrics.is_file(), f"--metrics: no file at {metrics}.")
+        try:
+            values = json.loads(metrics.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--metrics: {metrics} is not valid JSON ({err}).") from None
+        _check(isinstance(values, dict), f"--metrics: {metrics} must hold a JSON object of name -> value.")
+    print(f"exported to {export_checkpoint(checkpoint, out, values, overwrite=overwrite)}")
 
 
-def _make_tiny(args: argparse.Namespace) -> None:
-    from instructseg.tiny import save_tiny_pretrained
+def synthetic(
+    out: Path, train: int = 2000, val: int = 200, seed: int = 0, size: int = 64, records_per_shard: int = 100
+) -> None:
+    """Write the synthetic instructed-segmentation benchmark (shapes, referring/reasoning/motion/no-target queries)
+    and print the query-blind baselines on its validation split.
 
-    print(f"wrote tiny pretrained parts to {save_tiny_pretrained(args.out, args.image_size, args.seed)}")
+    Args:
+        out: output directory (train/ and val/ are created).
+        train: training records.
+        val: validation records.
+        seed: generator seed.
+        size: image side in pixels.
+        records_per_shard: records per shard file.
+    """
+    from datamodules.synthetic import main as synthetic_main
+
+    _check(train >= 0 and val >= 0 and train + val > 0, f"--train/--val: counts >= 0, not both 0; got {train}, {val}.")
+    _check(size >= 32 and records_per_shard >= 1, f"--size >= 32 and --records_per_shard >= 1; got {size}.")
+    synthetic_main(["--out", str(out), "--train", str(train), "--val", str(val), "--seed", str(seed),
+                    "--size", str(size), "--records-per-shard", str(records_per_shard)])  # fmt: skip
+
+
+def make_tiny(
+    out: Path = Path("checkpoints/tiny-pretrained"), pretrain: bool = False, seed: int = 0, image_size: int = 64
+) -> None:
+    """Write the tiny preset's three pretrained parts (siglip/, llm/, mask2former/) with save_pretrained.
+
+    Args:
+        out: output directory.
+        pretrain: pre-train them on the synthetic benchmark's domain (stage 0, a few CPU minutes; a second run with
+            the same settings reuses them) instead of random weights.
+        seed: seed of the weights (and of stage 0).
+        image_size: input side of SigLIP and Swin, a multiple of 32.
+    """
+    from instructseg import tiny
+
+    print(f"tiny pretrained parts in {tiny.make_tiny(out, pretrain=pretrain, seed=seed, image_size=image_size)}")
+
+
+def convert_official(src: Path, out: Path, dtype: str = "float32", overwrite: bool = False) -> None:
+    """Convert the authors' released InstructSeg checkpoint (Hugging Face weic22/InstructSeg layout) into an export.
+
+    Args:
+        src: the release directory (config.json, safetensors shards + index, tokenizer files).
+        out: export directory to write.
+        dtype: float32, bfloat16 or float16 weights in the export.
+        overwrite: replace an existing export at OUT.
+    """
+    from instructseg.official import convert_official as run
+
+    _check(dtype in DTYPES, f"--dtype: expected one of {DTYPES}, got {dtype!r}.")
+    print(f"exported to {run(src, out, dtype=dtype, overwrite=overwrite)}")
+
+
+def demo(model: str, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu") -> None:
+    """Open the demo web app: upload an image or a video, type an instruction, see the masks (needs the demo extra).
+
+    Args:
+        model: export directory, training .ckpt or Hugging Face Hub id.
+        host: address to serve on.
+        port: port to serve on.
+        device: cpu, cuda, cuda:N or mps.
+    """
+    from instructseg.demo import demo as run
+
+    _check(1 <= port <= 65535, f"--port: expected 1..65535, got {port}.")
+    _check_runtime(device, "float32")
+    run(model, host=host, port=port, device=device)
+
+
+def fit() -> None:
+    """Train: LightningCLI `fit` (run `instructseg fit --help` for every option)."""
+
+
+def validate() -> None:
+    """Validate: LightningCLI `validate` (run `instructseg validate --help`)."""
+
+
+def convert() -> None:
+    """Convert an official dataset into shards (run `instructseg convert --help` for the datasets and options)."""
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "fit": fit,
+    "validate": validate,
+    "predict": predict,
+    "evaluate": evaluate,
+    "export": export,
+    "convert": convert,
+    "synthetic": synthetic,
+    "make-tiny": make_tiny,
+    "convert-official": convert_official,
+    "demo": demo,
+}
+
+
+def _run_forwarded(argv: list[str]) -> None:
+    if argv[0] in ("fit", "validate"):
+        from instructseg import train_cli
+
+        train_cli.main(argv)
+    else:
+        from datamodules.convert.__main__ import main as convert_main
+
+        code = convert_main(argv[1:])
+        if code:
+            raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 success, 2 bad input)."""
+    from jsonargparse import CLI
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TRAIN_COMMANDS:
-        from instructseg import train_cli
-
-        train_cli.main(argv)
-        return 0
-    args = _parser().parse_args(argv)
-    if args.command in ("predict", "export"):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # keep stderr for our progress bar and errors
     try:
-        {"predict": _predict, "export": _export, "make-tiny": _make_tiny}[args.command](args)
-    except (ValueError, OSError) as err:  # incl. FileNotFoundError, PretrainedLoadError, InputError, ExportFormatError
-        message = " ".join(str(err).split())
-        print(f"instructseg: error: {message}", file=sys.stderr)
+        if argv and argv[0] in FORWARDED:
+            _run_forwarded(argv)
+            return 0
+        if argv and argv[0] in ("predict", "evaluate", "export", "convert-official"):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # keep stderr for our progress bar and errors
+        CLI(COMMANDS, args=argv, as_positional=False, description=__doc__.split("\n")[0], exit_on_error=False)
+    except (ValueError, OSError, argparse.ArgumentError) as err:  # incl. PretrainedLoadError, InputError, ...
+        print(f"instructseg: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

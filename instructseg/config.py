@@ -55,10 +55,15 @@ class PerceiverConfig:
     """Object-aware Video Perceiver (OVP): learned latents per reference frame."""
 
     num_latents: int = 128
+    """K: latents (OVP tokens) per reference frame."""
     depth: int = 3
+    """Perceiver layers (cross-attention to the frame tokens + instruction, then feed-forward)."""
     heads: int = 8
+    """Attention heads."""
     dim_head: int = 128
+    """Width of one attention head."""
     ff_mult: int = 2
+    """Feed-forward width as a multiple of the LLM width."""
 
 
 @dataclass
@@ -66,9 +71,13 @@ class LoraConfig:
     """peft LoRA on the LLM (targets are matched as module-name suffixes)."""
 
     r: int = 8
+    """LoRA rank."""
     alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = 0.05
+    """Dropout on the LoRA input during training."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Module-name suffixes of the LLM that get LoRA (paper: q_proj, v_proj)."""
 
 
 @dataclass
@@ -78,9 +87,11 @@ class LLMConfig:
     path: str = "microsoft/phi-2"
     """Hugging Face id or local directory of a causal LM checkpoint and its tokenizer."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """The LoRA adapters."""
     max_length: int = 2048
     """Upper bound of the assembled sequence (visual tokens included); longer instructions raise ValueError."""
     gradient_checkpointing: bool = False
+    """Recompute the LLM's activations in the backward pass (less memory, about 30 % more time)."""
 
 
 @dataclass
@@ -88,10 +99,15 @@ class TextFusionConfig:
     """Vision-guided Multi-granularity Text Fusion (VMTF)."""
 
     dim: int = 1024
+    """Width of the fusion latents."""
     depth: int = 3
+    """Fusion layers."""
     heads: int = 8
+    """Attention heads."""
     dim_head: int = 128
+    """Width of one attention head."""
     ff_mult: int = 2
+    """Feed-forward width as a multiple of ``dim``."""
     reference_kv: bool = False
     """True reproduces the released code: only the global text latent enters keys/values, so the detailed text
     tokens have no effect. False (default) follows the paper: all text latents are keys/values."""
@@ -102,6 +118,7 @@ class DecoderConfig:
     """Mask-query tokens and the masked-attention decoder's selection rule."""
 
     num_queries: int = 100
+    """Q: mask-query tokens appended to the prompt (one candidate mask each)."""
     no_target_threshold: float = 0.5
     """A best query whose score sigmoid(s_q) is below this is reported as "no target" (empty mask)."""
 
@@ -111,15 +128,23 @@ class LossConfig:
     """Loss weights and point sampling (paper eq. 4; reference code: class 2, mask 5, dice 5)."""
 
     class_weight: float = 2.0
+    """Weight of the score (class) BCE."""
     mask_weight: float = 5.0
+    """Weight of the point-sampled mask BCE."""
     dice_weight: float = 5.0
+    """Weight of the point-sampled Dice loss."""
     text_weight: float = 1.0
+    """Weight of the LLM's next-token loss on supervised answers."""
     class_cost_weight: float = 0.0
     """Weight of -sigmoid(score) in the Hungarian matching cost (0 = mask cost only, as the reference code)."""
     num_points: int = 12544
+    """Points sampled per mask for the mask losses (Mask2Former: 112 x 112)."""
     oversample_ratio: float = 3.0
+    """Candidate points per sampled point for importance sampling."""
     importance_sample_ratio: float = 0.75
+    """Share of the points taken where the prediction is most uncertain."""
     deep_supervision: bool = True
+    """Apply the losses to every decoder layer's prediction, not only the last."""
 
 
 @dataclass
@@ -127,18 +152,26 @@ class InstructSegConfig:
     """Everything needed to build an :class:`~instructseg.modeling.instructseg.InstructSeg` model."""
 
     vision: VisionConfig = field(default_factory=VisionConfig)
+    """The SigLIP encoder."""
     mask: MaskBackboneConfig = field(default_factory=MaskBackboneConfig)
+    """The Mask2Former (Swin) mask branch."""
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
+    """The Object-aware Video Perceiver."""
     llm: LLMConfig = field(default_factory=LLMConfig)
+    """The LLM and its LoRA."""
     fusion: TextFusionConfig = field(default_factory=TextFusionConfig)
+    """The Vision-guided Multi-granularity Text Fusion."""
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    """Mask queries and selection."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights."""
     num_reference_frames: int = 4
     """R: reference frames fed to the OVP for videos (images use themselves as their single reference)."""
     profile: str = "instructseg"
     """``"official"`` reproduces the released code where it differs from this project's design: the pixel decoder's
     FPN convolutions have biases and the lateral branch ends in a ReLU (see :data:`PROFILES`)."""
     name: str = "custom"
+    """Preset name (``tiny``, ``instructseg-phi2`` or ``custom``); checkpoints of another name are refused."""
 
     def __post_init__(self) -> None:
         for sub_name, sub_type in _SUBCONFIGS.items():

@@ -25,10 +25,13 @@ from torchmetrics import MeanMetric
 
 from instructseg.checkpoint import CONFIG_KEY, absolute_pretrained_paths, check_trainable_state, trainable_state
 from instructseg.config import InstructSegConfig
-from instructseg.constants import TASKS
+from instructseg.constants import SPECIAL_TOKENS, TASKS
 from instructseg.losses import InstructSegCriterion
 from instructseg.metrics import ImageSegMetric
 from instructseg.modeling.instructseg import InstructSeg
+
+
+PAPER_CONFIG = InstructSegConfig.from_name("instructseg-phi2")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,9 +42,8 @@ class InstructSegModule(L.LightningModule):
     """Train / validate an :class:`~instructseg.modeling.instructseg.InstructSeg` model.
 
     Args:
-        preset: base configuration (``"tiny"`` or ``"instructseg-phi2"``).
-        config: nested overrides of the preset (same keys as :class:`~instructseg.config.InstructSegConfig`), e.g.
-            ``{"llm": {"path": "/weights/phi-2"}}``.
+        config: the model configuration (every field shows in ``--help`` / ``--print_config`` and the run's
+            ``config.yaml``; ``configs/model/*.yaml`` hold the presets).
         pretrained_root: if set, the three pretrained paths become ``<root>/{siglip,llm,mask2former}``.
         learning_rate: AdamW learning rate (paper: 4e-5).
         weight_decay: AdamW weight decay (paper: 0).
@@ -53,8 +55,7 @@ class InstructSegModule(L.LightningModule):
 
     def __init__(
         self,
-        preset: str = "tiny",
-        config: dict[str, Any] | None = None,
+        config: InstructSegConfig = PAPER_CONFIG,
         pretrained_root: str | None = None,
         learning_rate: float = 4e-5,
         weight_decay: float = 0.0,
@@ -63,10 +64,11 @@ class InstructSegModule(L.LightningModule):
         frozen_dtype: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        model_config = InstructSegConfig.from_name(preset, **(config or {}))
-        if pretrained_root:
-            model_config = model_config.with_pretrained_root(pretrained_root)
+        if isinstance(config, dict):
+            config = InstructSegConfig.from_dict(config)
+        # the config is stored as a plain dict under CONFIG_KEY (weights_only checkpoints cannot hold dataclasses)
+        self.save_hyperparameters(ignore=["config"])
+        model_config = config.with_pretrained_root(pretrained_root) if pretrained_root else config
         self.model_config = model_config
         dtype = getattr(torch, frozen_dtype) if frozen_dtype else None
         self.model = InstructSeg.from_config(model_config, dtype=dtype)
@@ -76,9 +78,16 @@ class InstructSegModule(L.LightningModule):
         self.val_no_target = torch.nn.ModuleDict({task: MeanMetric() for task in TASKS})
         self.strict_loading = False
 
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (with the special tokens); the CLI hands it to the datamodule."""
+        return self.model.tokenizer
+
     def setup(self, stage: str) -> None:
-        """Check, before any step runs, that the datamodule's input sizes match the model."""
+        """Check, before any step runs, that the datamodule's sizes and tokenizer match the model."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
         expected = {
             "mask_size": self.model_config.mask.image_size,
             "clip_size": self.model_config.vision.image_size,
@@ -90,6 +99,17 @@ class InstructSegModule(L.LightningModule):
                 raise ValueError(
                     f"data.{name}={got} does not match the model ({name} must be {value} for preset "
                     f"{self.model_config.name!r}); fix the data config."
+                )
+        data_tok = getattr(datamodule, "tokenizer", None)
+        if data_tok is not None and data_tok is not self.tokenizer:
+            ours = self.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+            theirs = data_tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+            if ours != theirs or len(data_tok) != len(self.tokenizer):
+                raise ValueError(
+                    f"the data tokenizer ({getattr(data_tok, 'name_or_path', '?')}) differs from the model's "
+                    f"({getattr(self.tokenizer, 'name_or_path', '?')}): special-token ids {theirs} vs {ours}, "
+                    f"vocabulary {len(data_tok)} vs {len(self.tokenizer)}; drop data.tokenizer_path so the data uses "
+                    "the model's tokenizer."
                 )
 
     def on_fit_start(self) -> None:

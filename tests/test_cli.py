@@ -16,7 +16,7 @@ from instructseg.modeling.instructseg import InstructSeg
 @pytest.fixture(scope="module")
 def model_dir(tiny_config, tmp_path_factory):
     torch.manual_seed(0)
-    return export_model(InstructSeg.from_config(tiny_config), tmp_path_factory.mktemp("cli") / "export")
+    return InstructSeg.from_config(tiny_config).save_pretrained(tmp_path_factory.mktemp("cli") / "export")
 
 
 def _image(path, h=30, w=44, seed=0):
@@ -28,7 +28,7 @@ def test_predict_image_writes_masks_overlay_and_summary(model_dir, tmp_path):
     image = _image(tmp_path / "photo.jpg")
     out = tmp_path / "out"
     argv = ["predict", "--model", str(model_dir), "--input", str(image), "--out", str(out), "--threshold", "0"]
-    assert main([*argv, "--text", "the red square", "--text", "what could roll?"]) == 0
+    assert main([*argv, "--text+", "the red square", "--text+", "what could roll?"]) == 0
     for k in (0, 1):
         mask = np.asarray(Image.open(out / "Annotations" / "photo" / str(k) / "photo.png"))
         assert mask.shape == (30, 44) and set(np.unique(mask)) <= {0, 255}
@@ -50,7 +50,7 @@ def test_predict_video_writes_a_mask_per_frame_and_a_gif(model_dir, tmp_path, ki
     source = folder if kind == "folder" else tmp_path / "clip.gif"
     out = tmp_path / "out"
     argv = ["predict", "--model", str(model_dir), "--input", str(source), "--text", "the car", "--out", str(out)]
-    assert main([*argv, "--strategy", "shared", "--chunk-size", "2"]) == 0
+    assert main([*argv, "--strategy", "shared", "--chunk_size", "2"]) == 0
     masks = sorted((out / "Annotations" / "clip" / "0").iterdir())
     names = [f"{i:03d}.png" for i in range(5)] if kind == "folder" else [f"{i:05d}.png" for i in range(5)]
     assert [m.name for m in masks] == names
@@ -85,8 +85,8 @@ def test_training_commands_are_forwarded(monkeypatch):
     fake.main = lambda argv: calls.append(argv)
     monkeypatch.setitem(sys.modules, "instructseg.train_cli", fake)
     monkeypatch.setattr("instructseg.train_cli", fake, raising=False)
-    assert main(["fit", "--config", "configs/experiments/tiny.yaml", "--trainer.max_steps", "3"]) == 0
-    assert calls == [["fit", "--config", "configs/experiments/tiny.yaml", "--trainer.max_steps", "3"]]
+    assert main(["fit", "--config", "configs/experiments/synthetic-tiny.yaml", "--trainer.max_steps", "3"]) == 0
+    assert calls == [["fit", "--config", "configs/experiments/synthetic-tiny.yaml", "--trainer.max_steps", "3"]]
 
 
 def _bad_inputs(tmp_path, model_dir):
@@ -111,13 +111,28 @@ def _bad_inputs(tmp_path, model_dir):
         "other export version": (old, image, "the car", "format_version 0"),
         "unsupported type": (model_dir, tmp_path / "notes.txt", "the car", "unsupported file type"),
         "missing model": (tmp_path / "nowhere", image, "the car", "No export directory"),
+        "fps 0": (model_dir, image, "the car", "--fps", ["--fps", "0"]),
+        "fps -3": (model_dir, image, "the car", "--fps", ["--fps", "-3"]),
+        "threshold 50": (model_dir, image, "the car", "--threshold", ["--threshold", "50"]),
+        "threshold nan": (model_dir, image, "the car", "threshold", ["--threshold", "nan"]),
+        "device tpu9": (model_dir, image, "the car", "--device", ["--device", "tpu9"]),
+        "device cuda on cpu torch": (model_dir, image, "the car", "CUDA", ["--device", "cuda"]),
+        "dtype float8": (model_dir, image, "the car", "--dtype", ["--dtype", "float8"]),
+        "chunk size 0": (model_dir, image, "the car", "--chunk_size", ["--chunk_size", "0"]),
+        "image task on image": (model_dir, image, "the car", "--task", ["--task", "rvos"]),
+        "unknown option": (model_dir, image, "the car", "unrecognized", ["--bogus", "1"]),
     }
 
 
 def test_bad_inputs_exit_2_with_one_line(model_dir, tmp_path, capsys):
-    for case, (model, source, text, message) in _bad_inputs(tmp_path, model_dir).items():
+    import torch
+
+    for case, (model, source, text, message, *extra) in _bad_inputs(tmp_path, model_dir).items():
+        if case == "device cuda on cpu torch" and torch.cuda.is_available():
+            continue
         argv = ["predict", "--model", str(model), "--input", str(source), "--text", text, "--out", str(tmp_path / "o")]
-        assert main(argv) == 2, case
+        assert main(argv + (extra[0] if extra else [])) == 2, case
+        assert not (tmp_path / "o").exists(), case
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1, (case, err)
         assert err.startswith("instructseg: error:") and message in err, (case, err)

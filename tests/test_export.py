@@ -148,10 +148,11 @@ def test_training_checkpoint_loads_trainable_weights(trained_model, tmp_path):
 def test_lightning_checkpoint_of_the_training_module_loads(tiny_root, tmp_path):
     import lightning as L
 
+    from instructseg.config import InstructSegConfig
     from instructseg.lit_module import InstructSegModule
 
     torch.manual_seed(0)
-    module = InstructSegModule(preset="tiny", pretrained_root=str(tiny_root))
+    module = InstructSegModule(InstructSegConfig.from_name("tiny"), pretrained_root=str(tiny_root))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "last.ckpt")

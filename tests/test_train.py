@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -33,7 +34,6 @@ def tiny_args(tiny_root: Path, synthetic_dir: Path, run_dir: Path, *extra: str, 
     return [
         *(arg for name in configs for arg in ("--config", str(CONFIGS / name))),
         "--model.pretrained_root", str(tiny_root),
-        "--data.init_args.tokenizer_path", str(tiny_root / "llm"),
         "--data.init_args.train", json.dumps([{"name": "syn", "urls": f"{synthetic_dir}/train/*.tar"}]),
         "--data.init_args.val", json.dumps([{"name": "syn", "urls": f"{synthetic_dir}/val/*.tar"}]),
         "--data.init_args.num_workers", "0",
@@ -63,11 +63,9 @@ def trainable_state(module: InstructSegModule) -> dict[str, torch.Tensor]:
 def test_every_config_parses_and_instantiates(config, tiny_root, synthetic_dir, tmp_path):
     """Each YAML composes with the tiny model on CPU (GPU-only trainer settings are overridden, not dropped)."""
     args = tiny_args(tiny_root, synthetic_dir, tmp_path, config=config)
-    if config.startswith("data/"):  # real datasets: keep their structure, point sizes at the tiny model
-        args += ["--data.init_args.mask_size", "64", "--data.init_args.clip_size", "64",
-                 "--data.init_args.num_ref_frames", "2"]
-    if config == "model/instructseg-phi2.yaml":
-        args += ["--model.preset", "tiny", "--model.config", "null", "--model.frozen_dtype", "null"]
+    if config == "model/instructseg-phi2.yaml":  # its real values are checked by the test below
+        args += ["--config", str(CONFIGS / "model/tiny.yaml"), "--model.frozen_dtype", "null",
+                 "--model.pretrained_root", str(tiny_root)]
     if config.startswith("trainer/"):
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
                  "--trainer.default_root_dir", str(tmp_path)]
@@ -76,6 +74,65 @@ def test_every_config_parses_and_instantiates(config, tiny_root, synthetic_dir, 
     cli = main(args, run=False)
     assert isinstance(cli.model, InstructSegModule)
     assert type(cli.datamodule).__name__ == "InstructSegDataModule"
+    model_config, data = cli.model.model_config, cli.datamodule  # linked from the model, never set twice
+    assert (data.mask_size, data.clip_size, data.num_ref_frames) == (
+        model_config.mask.image_size, model_config.vision.image_size, model_config.num_reference_frames
+    )
+    assert data.tokenizer is cli.model.tokenizer
+
+
+def test_paper_model_config_holds_the_paper_values(tiny_root, synthetic_dir, tmp_path, capsys):
+    """The phi2 YAML parsed for real (printed, not instantiated): paper sizes, hub ids, linked data sizes."""
+    import yaml
+
+    args = tiny_args(tiny_root, synthetic_dir, tmp_path, config="model/instructseg-phi2.yaml")
+    args = [a for a in args if a not in ("--model.pretrained_root", str(tiny_root))]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    config = printed["model"]["config"]
+    assert config["name"] == "instructseg-phi2" and config["llm"]["path"] == "microsoft/phi-2"
+    assert config["vision"]["siglip_path"] == "google/siglip-so400m-patch14-384" and config["vision"]["image_size"] == 384
+    assert config["perceiver"]["num_latents"] == 128 and config["decoder"]["num_queries"] == 100
+    assert config["llm"]["gradient_checkpointing"] is True and printed["model"]["frozen_dtype"] == "bfloat16"
+
+
+def test_print_config_shows_every_model_field(tiny_root, synthetic_dir, tmp_path, capsys):
+    import dataclasses
+
+    import yaml
+
+    from instructseg.config import InstructSegConfig
+
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)["model"]["config"]
+
+    def fields(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            yield from fields(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+
+    for dotted in fields(InstructSegConfig.from_name("tiny")):
+        node = config
+        for part in dotted.split("."):
+            node = node[part]
+    assert config["mask"]["image_size"] == 64 and config["name"] == "tiny"
+
+
+def test_a_data_tokenizer_other_than_the_models_is_an_error(tiny_root, synthetic_dir, tmp_path):
+    from instructseg.tiny import build_tiny_tokenizer
+
+    other = tmp_path / "other-tokenizer"
+    build_tiny_tokenizer(vocab_size=600).save_pretrained(other)
+    shutil.copy(tiny_root / "llm" / "config.json", other / "config.json")
+    cli = main(tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "1"), run=False)
+    cli.datamodule.tokenizer, cli.datamodule.tokenizer_path = None, str(other)
+    with pytest.raises(ValueError, match="differs from the model") as err:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert str(other) in str(err.value) and str(tiny_root / "llm") in str(err.value)
+    assert cli.trainer.global_step == 0
 
 
 def test_fit_smoke_and_exact_resume(tiny_root, synthetic_dir, tmp_path):
@@ -102,9 +159,9 @@ def test_checkpoint_from_another_preset_is_rejected(tiny_root, synthetic_dir, tm
     main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "a", "--trainer.max_steps", "3")])
     ckpt = tmp_path / "a/ckpt/epoch=0-step=3.ckpt"
     other = main(tiny_args(tiny_root, synthetic_dir, tmp_path / "b", "--trainer.max_steps", "4",
-                           "--model.config", json.dumps({"decoder": {"num_queries": 4}})), run=False)
+                           "--model.config.decoder.num_queries", "4"), run=False)
     before = trainable_state(other.model)
-    with pytest.raises(ValueError, match="different preset"):
+    with pytest.raises(ValueError, match="another configuration"):
         other.trainer.fit(other.model, datamodule=other.datamodule, ckpt_path=str(ckpt))
     assert other.trainer.global_step == 0
     for name, value in trainable_state(other.model).items():
@@ -120,8 +177,10 @@ def test_bad_config_fails_before_training(tiny_root, synthetic_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing_weights"):
         main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path, "--model.pretrained_root",
                                 str(tmp_path / "missing_weights"))])
+    cli = main(tiny_args(tiny_root, synthetic_dir, tmp_path), run=False)  # the CLI links sizes; Python users may not
+    cli.datamodule.mask_size = 128
     with pytest.raises(ValueError, match="mask_size"):
-        main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path, "--data.init_args.mask_size", "128")])
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 
 
 def test_non_finite_loss_stops_with_context_and_keeps_last_checkpoint(tiny_root, synthetic_dir, tmp_path, monkeypatch):
@@ -165,19 +224,20 @@ def test_ddp_two_processes_see_different_data_and_end_identical(tiny_root, synth
 def test_eval_end_to_end_on_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path, capsys):
     import csv
 
-    import eval as eval_script
+    from instructseg.cli import main as cli_main
 
     main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "3")])
     data_yaml = tmp_path / "data.yaml"
     data_yaml.write_text(json.dumps({"data": {"init_args": {"val": [{"name": "s", "urls": f"{synthetic_dir}/val/*.tar"}]}}}))
     out = tmp_path / "eval"
-    code = eval_script.main(["--model", str(tmp_path / "run/ckpt/last.ckpt"), "--data", str(data_yaml), "--out",
-                             str(out), "--overlays", "3", "--submission"])
+    code = cli_main(["evaluate", "--model", str(tmp_path / "run/ckpt/last.ckpt"), "--data", str(data_yaml), "--out",
+                     str(out), "--overlays", "3", "--submission", "true"])
     assert code == 0
     results = json.loads((out / "metrics.json").read_text())
-    assert {"res", "reasonseg", "rvos", "reasonvos"} <= set(results)
-    assert 0.0 <= results["res"]["cIoU"] <= 1.0 and 0.0 <= results["rvos"]["J&F"] <= 1.0
-    assert "R" in results["reasonvos"]  # no-target queries are scored for robustness
+    assert {"s/res", "s/reasonseg", "s/rvos", "s/reasonvos"} <= set(results)  # one row per dataset and task
+    assert 0.0 <= results["s/res"]["cIoU"] <= 1.0 and 0.0 <= results["s/rvos"]["J&F"] <= 1.0
+    assert "R" in results["s/reasonvos"]  # no-target queries are scored for robustness
+    assert results["s/res"]["queries"] == sum(1 for r in csv.DictReader(open(out / "metrics.csv")) if r["task"] == "res")
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == sum(1 for r in rows if r["task"]) and len(rows) >= 8
     video_rows = [r for r in rows if r["task"] in ("rvos", "reasonvos")]
@@ -187,5 +247,14 @@ def test_eval_end_to_end_on_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path
     pngs = list((out / "submission/Annotations").rglob("*.png"))
     assert pngs and all(p.parent.parent.parent.name == "Annotations" for p in pngs)
     printed = capsys.readouterr().out
-    assert "| task | cIoU | gIoU |" in printed and "| task | J | F | J&F |" in printed
-    assert eval_script.main(["--model", str(tmp_path / "missing.ckpt"), "--data", str(data_yaml)]) == 2
+    assert "| dataset/task | queries | cIoU | gIoU |" in printed and "| dataset/task | queries | J | F | J&F |" in printed
+    assert cli_main(["evaluate", "--model", str(tmp_path / "missing.ckpt"), "--data", str(data_yaml)]) == 2
+
+
+def test_names_from_data_never_leave_the_output_folder():
+    from instructseg.evaluation import safe_name
+
+    for name in ("../../etc/passwd", "/abs/path", "..", "a/../../b", "\\..\\win", ".hidden"):
+        cleaned = safe_name(name)
+        assert "/" not in cleaned and "\\" not in cleaned and not cleaned.startswith(".") and cleaned not in ("", "..")
+    assert safe_name("video_01") == "video_01" and safe_name("") == "_"
