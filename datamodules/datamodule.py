@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -64,6 +65,8 @@ class StreamLoader(DataLoader):
         skip_totals: counter that receives every batch's ``skipped`` counts.
         epoch_fn: returns the epoch to stream when an iteration starts (e.g. ``trainer.current_epoch``) or
             ``None``; without it (or on ``None``) iterations count epochs 0, 1, 2, ...
+        consumed_fn: returns how many batches of the current epoch the training loop has processed (the loader
+            prefetches, so it has yielded more); :meth:`state_dict` records that count.
         **kwargs: ``DataLoader`` arguments.
     """
 
@@ -72,21 +75,46 @@ class StreamLoader(DataLoader):
         dataset: IterableDataset,
         skip_totals: Counter,
         epoch_fn: Callable[[], int | None] | None = None,
+        consumed_fn: Callable[[], int | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(dataset, **kwargs)
         self.skip_totals = skip_totals
         self.epoch_fn = epoch_fn
+        self.consumed_fn = consumed_fn
         self.iterations = 0
+        self.epoch: int | None = None
+        self.yielded = 0
+        self._resume: dict[str, int] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        epoch = self.iterations if epoch is None else epoch
         if isinstance(self.dataset, MixtureStream):
-            self.dataset.set_epoch(self.iterations if epoch is None else epoch)
+            self.dataset.set_epoch(epoch)
         self.iterations += 1
+        skip = 0
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            skip = self._resume["batches"]
+        self._resume = None
+        self.epoch, self.yielded = epoch, 0
         for batch in super().__iter__():
             self.skip_totals.update(batch["skipped"])
-            yield batch
+            self.yielded += 1
+            if self.yielded > skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the stream stands: the epoch being streamed and the batches consumed from it (Lightning saves this
+        in every checkpoint, so a run resumed from a mid-epoch checkpoint continues with the next batch)."""
+        consumed = self.consumed_fn() if self.consumed_fn is not None else None
+        batches = self.yielded if consumed is None else min(self.yielded, consumed)
+        return {"epoch": -1 if self.epoch is None else self.epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next iteration of epoch ``state["epoch"]`` skips the ``state["batches"]`` batches consumed
+        before the checkpoint (the stream is deterministic, so the same batches come next)."""
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 def _as_configs(sets: Sequence[ShardSetConfig | dict[str, Any]] | None, what: str) -> list[ShardSetConfig]:
@@ -228,6 +256,13 @@ class InstructSegDataModule(L.LightningDataModule):
     def _trainer_epoch(self) -> int | None:
         return self.trainer.current_epoch if self.trainer is not None else None
 
+    def _consumed_batches(self) -> int | None:
+        """Training batches of the current epoch whose step has run (``None`` outside a Lightning fit)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def _loader(self, stream: IterableDataset) -> StreamLoader:
         if self.num_workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -235,6 +270,10 @@ class InstructSegDataModule(L.LightningDataModule):
             stream,
             self._skip_totals,
             epoch_fn=self._trainer_epoch,
+            consumed_fn=self._consumed_batches if isinstance(stream, MixtureStream) else None,
+            # its own generator: starting an iterator must not draw from the global torch RNG, whose state the
+            # checkpoint restores (a mid-epoch resume starts an iterator where the uninterrupted run did not)
+            generator=torch.Generator().manual_seed(self.seed),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=partial(collate_samples, pad_id=self.tokenizer.pad_token_id),

@@ -121,7 +121,12 @@ class InstructSegModule(L.LightningModule):
     def _losses(self, batch: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
         out = self.model(batch)
         losses = self.criterion(
-            out.prediction, batch["target_mask"], batch["has_target"], batch["has_mask"], out.lm_loss
+            out.prediction,
+            batch["target_mask"],
+            batch["has_target"],
+            batch["has_mask"],
+            out.lm_loss,
+            ignore_mask=batch.get("ignore_mask"),
         )
         return out, losses
 

@@ -258,3 +258,27 @@ def test_names_from_data_never_leave_the_output_folder():
         cleaned = safe_name(name)
         assert "/" not in cleaned and "\\" not in cleaned and not cleaned.startswith(".") and cleaned not in ("", "..")
     assert safe_name("video_01") == "video_01" and safe_name("") == "_"
+
+
+@pytest.mark.slow
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tiny_root, synthetic_dir, tmp_path):
+    """A run killed after a mid-epoch checkpoint and resumed ends with the weights of an uninterrupted run."""
+    every_2_steps = json.dumps(
+        [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+          "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_top_k": -1, "every_n_train_steps": 2,
+                        "every_n_epochs": 0}}]
+    )
+    long_epoch = ["--data.init_args.epoch_length", "40", "--trainer.limit_val_batches", "0",
+                  "--trainer.callbacks", every_2_steps, "--trainer.max_steps", "7"]
+    full = main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "a", *long_epoch)])
+    assert full.trainer.global_step == 7
+    reference = trainable_state(full.model)
+    ckpt = tmp_path / "ckpt/epoch=0-step=4.ckpt"  # 20 batches per epoch: step 4 is mid-epoch
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert stored["epoch"] == 0 and stored["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "batches": 4}
+    ]
+    resumed = main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "b", *long_epoch, "--ckpt_path", str(ckpt))])
+    assert resumed.trainer.global_step == 7
+    for name, value in trainable_state(resumed.model).items():
+        torch.testing.assert_close(value, reference[name], atol=1e-6, rtol=1e-5, msg=name)
