@@ -16,6 +16,11 @@ reference frame (see :class:`datamodules.pipeline.SampleBuilder`).
 * :func:`reference_frames_for_key` — deterministic neighbours of a given key frame for inference
   (``t-2, t-1, t+1, t+2`` for ``R = 4``, shifted inwards at the video boundaries).
 * :func:`global_reference_frames` — ``R`` frames evenly spread over the video.
+* :func:`global_local_reference_frames` — VISA's inference references around a chosen key frame: ``R - R // 2``
+  contiguous neighbours (:func:`reference_frames_for_key`) and ``R // 2`` frames evenly spread over the video.
+* :func:`adaptive_reference_frames` — ViLLa's adaptive sampling for a key segment: ``round(R / 3)`` frames evenly
+  spread over the whole video and the other ``R - round(R / 3)`` (about two thirds) evenly spread over the segment
+  widened by ``LOCAL_RADIUS`` frames on each side (its preceding and following neighbours).
 """
 
 from __future__ import annotations
@@ -124,3 +129,44 @@ def global_reference_frames(n: int, num_ref: int) -> list[int]:
     """``num_ref`` frame indices evenly spread over an ``n``-frame video (first and last included)."""
     _check(n, num_ref)
     return [int(i) for i in np.linspace(0, n - 1, num_ref).round()]
+
+
+def global_local_reference_frames(n: int, key: int, num_ref: int) -> list[int]:
+    """VISA's global-local references for a chosen key frame (deterministic, for inference).
+
+    Args:
+        n: number of frames in the video.
+        key: key frame index in ``[0, n)``.
+        num_ref: number of reference frames ``R``: ``R - R // 2`` local (the window of
+            :func:`reference_frames_for_key`) and ``R // 2`` global (:func:`global_reference_frames`).
+
+    Returns:
+        ``num_ref`` frame indices in ascending time (repeats allowed in short videos).
+    """
+    num_global = num_ref // 2
+    local = reference_frames_for_key(n, key, num_ref - num_global)
+    return sorted(local + (global_reference_frames(n, num_global) if num_global else []))
+
+
+def adaptive_reference_frames(n: int, segment: tuple[int, int], num_ref: int) -> list[int]:
+    """ViLLa's adaptive references for the key segment ``[start, stop)`` (deterministic, for inference).
+
+    ``round(R / 3)`` references are spread evenly over the whole video, the other ``R - round(R / 3)`` evenly over
+    the segment widened by ``LOCAL_RADIUS`` frames on each side (clipped to the video).
+
+    Args:
+        n: number of frames in the video.
+        segment: ``(start, stop)`` with ``0 <= start < stop <= n``.
+        num_ref: number of reference frames ``R``.
+
+    Returns:
+        ``num_ref`` frame indices in ascending time (repeats allowed in short segments or videos).
+    """
+    _check(n, num_ref)
+    start, stop = segment
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"segment: expected 0 <= start < stop <= {n}, got {segment}.")
+    num_global = round(num_ref / 3)
+    low, high = max(0, start - LOCAL_RADIUS), min(n, stop + LOCAL_RADIUS)
+    local = [low + int(i) for i in np.linspace(0, high - low - 1, num_ref - num_global).round()]
+    return sorted(local + (global_reference_frames(n, num_global) if num_global else []))
