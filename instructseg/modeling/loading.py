@@ -112,8 +112,8 @@ def check_pretrained_dir(path: str, part: str, need_weights: bool = True) -> Non
     local = Path(path).expanduser()
     hint = (
         f"Expected {what} for `{part}` at {local}. Download it once (e.g. `huggingface-cli download {hub_id} "
-        f"--local-dir {local}`), or for the tiny preset run `python -m instructseg.tiny --out <dir>` and point the "
-        f"config at <dir>/{part}."
+        f"--local-dir {local}`); for the tiny preset run `instructseg make-tiny --out <dir>` and pass "
+        f"`--model.pretrained_root <dir>` (Python: `pretrained_root=<dir>`)."
     )
     if not local.is_dir():
         raise PretrainedLoadError(f"No directory at {local}. {hint}")
