@@ -617,18 +617,22 @@ def _read_tensor(src: Path, info: TensorInfo) -> torch.Tensor:
     return buffer.view(info.dtype).reshape(info.shape)
 
 
-def _convert(step: Step, tensor: torch.Tensor, shapes: dict, added_ids: list[int]) -> list[torch.Tensor]:
-    """The target tensors of one step (fresh, contiguous), in ``step.targets`` order."""
+def _convert(step: Step, raw: torch.Tensor, shapes: dict, added_ids: list[int], dtype: torch.dtype) -> list:
+    """The target tensors of one step in ``dtype`` (each with its own storage), in ``step.targets`` order."""
     if step.kind == "rename":
-        return [tensor]
-    if step.kind == "split":
-        return [part.clone() for part in tensor.chunk(3, dim=0)]  # q, k, v (nn.MultiheadAttention / Swin order)
-    base = tensor.new_zeros(shapes[step.targets[0]])
-    base[: tensor.shape[0]] = tensor
-    added = tensor.new_zeros(shapes[step.targets[1]])
+        return [raw.to(dtype)]
+    if step.kind == "split":  # q, k, v: the row order of nn.MultiheadAttention's in_proj and of Swin's qkv
+        return [part.to(dtype, copy=True) for part in raw.chunk(3, dim=0)]
+    base_shape, added_shape = shapes[step.targets[0]], shapes[step.targets[1]]
+    if tuple(raw.shape) == base_shape:
+        base = raw.to(dtype)
+    else:  # rows the release lacks (e.g. the embedding resized to len(tokenizer)) stay 0
+        base = torch.zeros(base_shape, dtype=dtype)
+        base[: raw.shape[0]].copy_(raw)
+    added = torch.zeros(added_shape, dtype=dtype)
     for row, token_id in enumerate(added_ids):
-        if token_id < tensor.shape[0]:
-            added[row] = tensor[token_id]
+        if token_id < raw.shape[0]:
+            added[row].copy_(raw[token_id])
     return [base, added]
 
 
@@ -715,9 +719,8 @@ def convert_official(
             _check_index(step, tensor, info.file)
         if step.kind in ("index", "drop"):
             continue
-        converted = _convert(step, tensor.to(target_dtype), shapes, model.llm.special_ids)
-        state.update(zip(step.targets, (t.contiguous() for t in converted)))
-        del tensor, converted
+        state.update(zip(step.targets, _convert(step, tensor, shapes, model.llm.special_ids, target_dtype)))
+        del tensor
     model.load_state_dict(state, strict=True, assign=True)
     del state
     model.save_pretrained(out, training_config={"converted_from": str(src), "dtype": dtype}, overwrite=overwrite)
