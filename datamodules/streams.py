@@ -21,6 +21,8 @@ Every sample carries ``skipped``: the ``reason -> count`` of data its stream ski
 
 from __future__ import annotations
 
+from collections import Counter
+
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -125,6 +127,24 @@ def _build_samples(
             continue
         failures = 0
         yield from samples
+
+
+def attach_skips(samples: Iterable[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
+    """Each sample with ``skipped``: the ``reason -> count`` of data skipped since the previous sample.
+
+    One sample is held back, so that what is skipped after the last sample (bad records at the end of the last
+    shard) is added to the last sample instead of being lost.
+    """
+    held: dict[str, Any] | None = None
+    for sample in samples:
+        if held is not None:
+            yield held
+        sample["skipped"] = counter.pop_recent()
+        held = sample
+    if held is not None:
+        late = counter.pop_recent()
+        held["skipped"] = dict(Counter(held["skipped"]) + Counter(late)) if late else held["skipped"]
+        yield held
 
 
 def _tag(samples: Iterable[dict[str, Any]], shard_set: str) -> Iterator[dict[str, Any]]:
@@ -262,9 +282,7 @@ class MixtureStream(IterableDataset):
         streams = [self._set_stream(i, rank, worker, counter) for i in range(len(self.sets))]
         rng = random.Random(_seed(self.seed, self.epoch, rank, worker, len(self.sets), 3))
         chosen = islice(weighted_mix(streams, self.weights, rng), self.worker_share(worker, num_workers))
-        for sample in chosen:
-            sample["skipped"] = counter.pop_recent()
-            yield sample
+        return attach_skips(chosen, counter)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, _, worker, num_workers = _resolve_partition(self.rank, self.world_size)
@@ -302,11 +320,13 @@ class EvalStream(IterableDataset):
         """The samples of one (rank, worker): shards ``rank::world_size``, then ``worker::num_workers`` of those."""
         counter = SkipCounter()
         rng = np.random.default_rng(0)
-        for url, shard_set in self.shards[rank::world_size][worker::num_workers]:
-            records = shard_records(url, counter, shard_set.task)
-            for sample in _tag(_build_samples(records, self.builder, rng, counter), shard_set.name):
-                sample["skipped"] = counter.pop_recent()
-                yield sample
+
+        def samples() -> Iterator[dict[str, Any]]:
+            for url, shard_set in self.shards[rank::world_size][worker::num_workers]:
+                records = shard_records(url, counter, shard_set.task)
+                yield from _tag(_build_samples(records, self.builder, rng, counter), shard_set.name)
+
+        return attach_skips(samples(), counter)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_partition(*_resolve_partition(self.rank, self.world_size))

@@ -142,9 +142,16 @@ class InstructSegModule(L.LightningModule):
         main_terms = {f"train/{k}": v for k, v in losses.items() if not k[-1].isdigit() and k != "loss"}
         self.log_dict(main_terms, batch_size=batch_size)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size)
-        for reason, count in (batch.get("skipped") or {}).items():
-            self.log(f"data/skipped_{reason}", float(count), reduce_fx="sum", batch_size=batch_size)
+        self._log_skip_totals(batch_size)
         return losses["loss"]
+
+    def _log_skip_totals(self, batch_size: int) -> None:
+        """Cumulative ``data/skipped_<reason>`` counts of the datamodule (summed over ranks): the latest value of each
+        is the number of items skipped so far, whichever step last saw one."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        totals = datamodule.skip_counts() if hasattr(datamodule, "skip_counts") else {}
+        for reason, total in sorted(totals.items()):
+            self.log(f"data/skipped_{reason}", float(total), reduce_fx="sum", sync_dist=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         out, losses = self._losses(batch)

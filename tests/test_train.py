@@ -126,7 +126,6 @@ def test_a_data_tokenizer_other_than_the_models_is_an_error(tiny_root, synthetic
 
     other = tmp_path / "other-tokenizer"
     build_tiny_tokenizer(vocab_size=600).save_pretrained(other)
-    shutil.copy(tiny_root / "llm" / "config.json", other / "config.json")
     cli = main(tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "1"), run=False)
     cli.datamodule.tokenizer, cli.datamodule.tokenizer_path = None, str(other)
     with pytest.raises(ValueError, match="differs from the model") as err:

@@ -101,10 +101,11 @@ def _looks_local(path: str) -> bool:
     return not is_hub_id(path) or Path(path.split("/")[0]).exists()
 
 
-def check_pretrained_dir(path: str, part: str, need_weights: bool = True) -> None:
+def check_pretrained_dir(path: str, part: str, need_weights: bool = True, marker: str = "config.json") -> None:
     """Raise :class:`PretrainedLoadError` if ``path`` is a local directory that cannot hold ``part``.
 
-    Hub ids (``org/name`` that is not an existing local path) are left to ``from_pretrained``.
+    Hub ids (``org/name`` that is not an existing local path) are left to ``from_pretrained``. ``marker`` is the
+    file that must be there (``tokenizer_config.json`` for a tokenizer alone).
     """
     what, hub_id = PART_HINTS[part]
     if not _looks_local(path):
@@ -117,8 +118,8 @@ def check_pretrained_dir(path: str, part: str, need_weights: bool = True) -> Non
     )
     if not local.is_dir():
         raise PretrainedLoadError(f"No directory at {local}. {hint}")
-    if not (local / "config.json").is_file():
-        raise PretrainedLoadError(f"{local} has no config.json. {hint}")
+    if not (local / marker).is_file():
+        raise PretrainedLoadError(f"{local} has no {marker}. {hint}")
     if need_weights and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
         raise PretrainedLoadError(f"{local} has no weight files (*.safetensors). {hint}")
 
@@ -150,7 +151,7 @@ def load_tokenizer(path: str):
     """``AutoTokenizer.from_pretrained(path)`` with the same error reporting as :func:`load_part`."""
     from transformers import AutoTokenizer
 
-    check_pretrained_dir(path, "llm", need_weights=False)
+    check_pretrained_dir(path, "llm", need_weights=False, marker="tokenizer_config.json")
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:

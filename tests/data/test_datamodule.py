@@ -118,7 +118,7 @@ def test_skip_counts_and_bad_sets(tmp_path, shard_sets, tokenizer_dir, make_reco
         make_module(shard_sets, tokenizer_dir, train=[{"name": "m", "urls": str(tmp_path / "missing-*.tar")}]).setup(
             "fit"
         )
-    with pytest.raises(FileNotFoundError, match="instructseg.tiny"):
+    with pytest.raises(FileNotFoundError, match="instructseg make-tiny"):
         make_module(shard_sets, str(tmp_path / "no-tokenizer")).setup("fit")
     with pytest.raises(ValueError, match="task"):
         make_module(shard_sets, tokenizer_dir, train=[{"name": "t", "urls": "x", "task": "detect"}])

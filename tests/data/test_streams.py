@@ -105,6 +105,16 @@ def test_skipped_counts_travel_with_samples(tmp_path, write_shards, builder, mak
     assert [s["skipped"] for s in samples] == [{}, {"bad_json": 2}, {}]
 
 
+def test_skips_after_the_last_sample_are_not_lost(tmp_path, builder, make_record, raw):
+    good = [raw.sample(f"g{i}", *make_record("res", seed=i)) for i in range(2)]
+    bad = {**raw.sample("bad", *make_record("res")), "json": b"{"}
+    tail = [bad | {"__key__": f"bad{i}"} for i in range(3)]
+    url = raw.write(tmp_path / "tail.tar", [good[0], bad, good[1], *tail])
+    samples = list(EvalStream([ShardSetConfig("t", url)], builder(False)))
+    assert [s["key"] for s in samples] == ["g0", "g1"]
+    assert sum(Counter(s["skipped"])["bad_json"] for s in samples) == 4  # 1 between + 3 after the last sample
+
+
 def test_set_without_usable_records(tmp_path, make_record, raw, builder):
     meta, images = make_record("res")
     meta["queries"][0]["object_ids"] = ["404"]
