@@ -1,6 +1,8 @@
 """Train or validate InstructSeg: ``python train.py fit --config configs/experiments/synthetic-tiny.yaml``."""
 
-from instructseg.train_cli import main
+import sys
+
+from instructseg.train_cli import entry
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry())

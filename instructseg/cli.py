@@ -338,7 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in FORWARDED:
-            _run_forwarded(argv)
+            try:
+                _run_forwarded(argv)
+            except SystemExit as exit_:  # --help (0) or a parser error already printed as one line (2)
+                return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
             return 0
         if argv and argv[0] in ("predict", "evaluate", "export", "convert-official"):
             from transformers.utils import logging as hf_logging
