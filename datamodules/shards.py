@@ -18,9 +18,15 @@ import json
 import logging
 import os
 import re
+import shlex
+import shutil
+import subprocess
 import threading
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +45,21 @@ logger = logging.getLogger("instructseg.data")
 
 _FRAME_NAME = re.compile(r"^(\d+)\.(" + "|".join(FRAME_EXTENSIONS) + r")$")
 _REMOTE = re.compile(r"^(pipe:|[a-z][a-z0-9+.-]*://)")
+URL_TIMEOUT = 10.0
+"""Seconds a remote shard URL may take to answer the check of :func:`check_remote_urls`."""
+_SCHEME_TOOLS = {"http": "curl", "https": "curl", "sftp": "curl", "ftps": "curl", "scp": "curl", "gs": "gsutil",
+                 "ais": "ais", "hf": None, "htgs": None, "file": None}  # fmt: skip
+"""URL schemes WebDataset opens (``webdataset.gopen``) and the program it runs for each."""
+_CHECKED: set[str] = set()
+_TAR_MAGIC = slice(257, 262), b"ustar"
 
 
 def expand_urls(spec: str | Sequence[str]) -> list[str]:
     """Expand shard patterns into a list of URLs.
 
     Each pattern may use braces (``shards/refcoco-{000000..000127}.tar``) and shell globs (``shards/*.tar``). Glob
-    matches are sorted; remote URLs (``pipe:``, ``s3://``, ``https://`` ...) are passed through unchecked.
+    matches are sorted. Remote URLs (``https://host/refcoco-{000000..000127}.tar``, ``pipe:curl -s URL``,
+    ``gs://``, ...) are kept as written and checked once per process by :func:`check_remote_urls`.
 
     Args:
         spec: one pattern or a list of patterns.
@@ -54,16 +68,18 @@ def expand_urls(spec: str | Sequence[str]) -> list[str]:
         The URLs, in pattern order.
 
     Raises:
-        FileNotFoundError: when a pattern matches nothing or names local files that do not exist.
+        FileNotFoundError: when a pattern matches nothing, names local files that do not exist, or names remote
+            shards that cannot be read (see :func:`check_remote_urls`).
     """
     patterns = [spec] if isinstance(spec, str) else list(spec)
     if not patterns:
         raise FileNotFoundError("no shard pattern given (empty list).")
     urls: list[str] = []
     for pattern in patterns:
-        matched, missing = [], []
+        matched, missing, remote = [], [], []
         for item in braceexpand(pattern):
             if _REMOTE.match(item):
+                remote.append(item)
                 matched.append(item)
             elif glob.has_magic(item):
                 matched.extend(sorted(glob.glob(os.path.expanduser(item))))
@@ -75,8 +91,99 @@ def expand_urls(spec: str | Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"shard pattern {pattern!r}: {len(missing)} file(s) missing, e.g. {missing[0]!r}.")
         if not matched:
             raise FileNotFoundError(f"shard pattern {pattern!r} matches no files.")
+        check_remote_urls(remote)
         urls.extend(matched)
     return urls
+
+
+def check_remote_urls(urls: Sequence[str], timeout: float = URL_TIMEOUT) -> None:
+    """Make sure remote shard URLs can be read before any work starts (each URL is checked once per process).
+
+    * ``http(s)://``: every URL answers a ``HEAD`` request (or a 1-byte ``GET`` where ``HEAD`` is refused) with a
+      success status within ``timeout`` seconds (requests run 16 at a time), and ``curl``, which WebDataset reads
+      them with, is installed;
+    * ``pipe:CMD``: every command's program exists, and the first command writes a tar header within ``timeout``;
+    * ``gs://``, ``ais://``, ``sftp://`` ...: the program WebDataset runs for the scheme is installed;
+    * any other scheme (e.g. ``s3://``, which WebDataset does not open) is refused with the ``pipe:`` to use.
+
+    Raises:
+        FileNotFoundError: naming the first bad URL, why, and how many of the URLs failed.
+    """
+    given = list(dict.fromkeys(urls))
+    todo = [url for url in given if url not in _CHECKED]
+    if not todo:
+        return
+    pipes = [url for url in todo if url.startswith("pipe:")]
+    failures = [(url, why) for url in todo if (why := _scheme_problem(url))]
+    if pipes and not failures:
+        failures += [(pipes[0], why)] if (why := _pipe_problem(pipes[0], timeout)) else []
+    web = [url for url in todo if url.split("://", 1)[0] in ("http", "https")]
+    if web and not failures:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            problems = pool.map(lambda url: _http_problem(url, timeout), web)
+            failures += [(url, why) for url, why in zip(web, problems) if why]
+    if failures:
+        url, why = failures[0]
+        raise FileNotFoundError(
+            f"shard URL {url!r} cannot be read: {why} ({len(failures)} of {len(given)} remote shard URL(s) failed the "
+            "check; fix the address or the server, or use local shards)."
+        )
+    _CHECKED.update(todo)
+
+
+def _scheme_problem(url: str) -> str | None:
+    """Why WebDataset cannot open ``url``'s scheme here (unknown scheme, missing program), or ``None``."""
+    if url.startswith("pipe:"):
+        try:
+            words = shlex.split(url[len("pipe:") :])
+        except ValueError as exc:
+            return f"the pipe command does not parse ({exc})"
+        if not words:
+            return "the pipe command is empty"
+        return None if shutil.which(words[0]) else f"the pipe command's program {words[0]!r} is not installed"
+    scheme = url.split("://", 1)[0]
+    if scheme not in _SCHEME_TOOLS:
+        return (
+            f"WebDataset does not open {scheme}:// URLs; use a pipe, e.g. 'pipe:aws s3 cp {url} -', or one of "
+            f"{sorted(_SCHEME_TOOLS)}"
+        )
+    tool = _SCHEME_TOOLS[scheme]
+    return None if tool is None or shutil.which(tool) else f"WebDataset reads {scheme}:// with {tool!r}, not installed"
+
+
+def _pipe_problem(url: str, timeout: float) -> str | None:
+    """Why the command of a ``pipe:`` URL gives no tar data within ``timeout`` seconds, or ``None``."""
+    proc = subprocess.Popen(url[len("pipe:") :], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = ThreadPoolExecutor(max_workers=1)
+    try:
+        head = reader.submit(proc.stdout.read, 512).result(timeout=timeout)
+    except TimeoutError:
+        return f"the command wrote nothing within {timeout:g} s"
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.shutdown(wait=False)
+    if head[_TAR_MAGIC[0]] == _TAR_MAGIC[1]:
+        return None
+    stderr = " ".join(proc.stderr.read().decode(errors="replace").split())[-300:]
+    return f"the command wrote no tar data (exit status {proc.returncode}{'; ' + stderr if stderr else ''})"
+
+
+def _http_problem(url: str, timeout: float) -> str | None:
+    """Why ``url`` does not answer with a success status within ``timeout`` seconds, or ``None``."""
+    for request in (
+        urllib.request.Request(url, method="HEAD"),
+        urllib.request.Request(url, headers={"Range": "bytes=0-0"}),
+    ):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                return None
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (405, 501) or request.method == "GET":
+                return f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return f"unreachable ({getattr(exc, 'reason', exc)})"
+    return None
 
 
 class SkipCounter:

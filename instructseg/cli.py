@@ -169,13 +169,21 @@ def evaluate(
     device: str = "cpu",
     dtype: str = "float32",
     threshold: float | None = None,
+    devices: int = 1,
+    resume: bool = True,
+    revos_official: bool = False,
+    official_epsilons: bool = False,
 ) -> None:
     """Predict every query of a data config's validation sets at the original resolution and score it with the
     official formulas; prints one table row per dataset and task and writes metrics.json, metrics.csv and overlays.
 
+    Each record's result is written to OUT/progress/ as it finishes: the same command again continues an interrupted
+    evaluation (same metrics as an uninterrupted one). Datasets without annotations (e.g. Ref-YouTube-VOS valid) get
+    no metrics, only their masks in OUT/submission/ for the official server.
+
     Args:
         model: export directory, training .ckpt or Hugging Face Hub id.
-        data: data config YAML whose `data.init_args.val` shard sets are evaluated.
+        data: data config YAML whose `data.init_args.val` shard sets are evaluated (local, http(s):// or pipe: URLs).
         out: output directory.
         strategy: video strategy: per_frame, shared or naive.
         max_records: stop after this many records per shard set.
@@ -184,19 +192,29 @@ def evaluate(
         device: cpu, cuda, cuda:N or mps.
         dtype: float32, or bfloat16 / float16 (autocast).
         threshold: no-target score threshold in [0, 1] (default: the model's).
+        devices: processes sharing the records (DDP through Lightning Fabric; one per GPU with --device cuda).
+        resume: continue from the results already in OUT/progress/ (false: start again).
+        revos_official: ReVOS A and R with the official script's uint8 arithmetic (overlapping objects counted).
+        official_epsilons: gIoU / cIoU with the reference image scripts' epsilons.
     """
-    from instructseg.evaluation import evaluate_sets, format_table, val_urls
-    from instructseg.predictor import InstructSegPredictor
+    from instructseg.evaluation import MetricOptions, evaluate_model, format_table, unannotated_note
 
     _check(strategy in STRATEGIES, f"--strategy: expected one of {STRATEGIES}, got {strategy!r}.")
     _check(max_records is None or max_records >= 1, f"--max_records: expected >= 1, got {max_records}.")
     _check(overlays >= 0, f"--overlays: expected >= 0, got {overlays}.")
+    _check(devices >= 1, f"--devices: expected >= 1, got {devices}.")
     _check_threshold(threshold)
     torch_dtype = _check_runtime(device, dtype)
-    shard_sets = val_urls(data)
-    predictor = InstructSegPredictor.from_pretrained(model, device=device, dtype=torch_dtype)
-    results = evaluate_sets(predictor, shard_sets, out, strategy, max_records, overlays, submission, threshold)
+    options = MetricOptions(revos_official=revos_official, official_epsilons=official_epsilons)
+    results = evaluate_model(model, data, out, devices, device, torch_dtype, strategy=strategy, max_records=max_records,
+                             overlays=overlays, submission=submission, threshold=threshold, options=options,
+                             resume=resume)  # fmt: skip
+    if results is None:  # ranks other than 0 print nothing
+        return
     print(format_table(results))
+    note = unannotated_note(results, out)
+    if note:
+        print(note)
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and overlays in {out / 'overlays'}")
 
 
