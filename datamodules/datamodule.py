@@ -154,6 +154,8 @@ class InstructSegDataModule(L.LightningDataModule):
         text_loss_tasks: tasks whose answer tokens always get the text loss.
         one_query_per_record: in training, one random query per record (else every query).
         max_resample: clip draws for a training query whose key-frame target is empty.
+        max_text_tokens: most prompt tokens a sample may have (linked from the model); longer queries are skipped
+            and counted.
         pin_memory: pin batches in page-locked memory (GPU training).
     """
 
@@ -176,6 +178,7 @@ class InstructSegDataModule(L.LightningDataModule):
         one_query_per_record: bool = True,
         max_resample: int = 10,
         pin_memory: bool = False,
+        max_text_tokens: int | None = None,
     ) -> None:
         super().__init__()
         if clip_sampling not in CLIP_SAMPLERS:
@@ -195,6 +198,7 @@ class InstructSegDataModule(L.LightningDataModule):
         self.text_loss_tasks = tuple(text_loss_tasks)
         self.one_query_per_record = one_query_per_record
         self.max_resample = max_resample
+        self.max_text_tokens = max_text_tokens
         self.pin_memory = pin_memory
         if tokenizer is None and tokenizer_path is None:
             raise ValueError(
@@ -218,6 +222,7 @@ class InstructSegDataModule(L.LightningDataModule):
             one_query_per_record=self.one_query_per_record and training,
             training=training,
             max_resample=self.max_resample,
+            max_text_tokens=self.max_text_tokens,
             seed=self.seed,
         )
 

@@ -36,6 +36,7 @@ import torch
 from instructseg.constants import TASKS, VIDEO_TASKS
 from instructseg.processing import (
     FrameProcessor,
+    ReservedTokenError,
     TokenizedQuery,
     collate_tokens,
     mask_branch_target,
@@ -43,6 +44,7 @@ from instructseg.processing import (
 )
 from instructseg.sampling import reference_frames_for_key, sample_clip_global_local, sample_clip_sparse
 
+from .schema import RecordError
 from .shards import Record
 
 CLIP_SAMPLERS = {"sparse": sample_clip_sparse, "global_local": sample_clip_global_local}
@@ -68,6 +70,8 @@ class SampleBuilder:
         one_query_per_record: emit one random query per record instead of one sample per query.
         training: random clips (True) or deterministic evaluation clips (False).
         max_resample: clip draws for a query whose key-frame target is empty (training).
+        max_text_tokens: most prompt tokens a sample may have (``instructseg fit`` links the model's budget); a
+            longer query is skipped and counted as ``"query_too_long"``. ``None``: no limit.
         seed: seed of the generator used when :meth:`__call__` gets no ``rng``.
     """
 
@@ -83,6 +87,7 @@ class SampleBuilder:
         training: bool = True,
         max_resample: int = 10,
         seed: int = 0,
+        max_text_tokens: int | None = None,
     ) -> None:
         if clip_sampling not in CLIP_SAMPLERS:
             raise ValueError(f"clip_sampling: expected one of {sorted(CLIP_SAMPLERS)}, got {clip_sampling!r}.")
@@ -100,6 +105,7 @@ class SampleBuilder:
         self.one_query_per_record = one_query_per_record
         self.training = training
         self.max_resample = max_resample
+        self.max_text_tokens = max_text_tokens
         self.rng = np.random.default_rng(seed)
 
     def num_refs(self, task: str) -> int:
@@ -133,9 +139,19 @@ class SampleBuilder:
         target = mask_branch_target(record.target_mask(object_ids, key), self.mask_size)
         ignore = mask_branch_target(record.ignore_mask(key), self.mask_size) > 0.5
         answer = query.get("answer")
-        tokens = tokenize_query(
-            self.tokenizer, task, query["text"], answer, supervise_answer=task in self.text_loss_tasks or bool(answer)
-        )
+        where = f"{record.where} query {index}"
+        try:
+            tokens = tokenize_query(
+                self.tokenizer, task, query["text"], answer, supervise_answer=task in self.text_loss_tasks or bool(answer)
+            )
+        except ReservedTokenError as err:
+            raise RecordError("reserved_token", f"{where}: {err}") from None
+        if self.max_text_tokens is not None and len(tokens.input_ids) > self.max_text_tokens:
+            raise RecordError(
+                "query_too_long",
+                f"{where}: {len(tokens.input_ids)} prompt tokens, more than the {self.max_text_tokens} that fit the "
+                "LLM's context next to the visual tokens.",
+            )
         return {
             "pixel_values": pixel_values,
             "clip_pixel_values": clip,

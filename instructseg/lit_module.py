@@ -79,6 +79,11 @@ class InstructSegModule(L.LightningModule):
         self.strict_loading = False
 
     @property
+    def text_token_budget(self) -> int | None:
+        """Most prompt tokens a sample may have (see :meth:`InstructSeg.text_token_budget`); linked to the data."""
+        return self.model.text_token_budget()
+
+    @property
     def tokenizer(self) -> Any:
         """The model's tokenizer (with the special tokens); the CLI hands it to the datamodule."""
         return self.model.tokenizer

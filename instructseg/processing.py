@@ -139,6 +139,10 @@ class InputError(ValueError):
     """An input image, video or instruction cannot be used (unreadable, empty, unsupported type, mixed sizes)."""
 
 
+class ReservedTokenError(InputError):
+    """A user text contains one of the model's placeholder tokens (:data:`SPECIAL_TOKENS`)."""
+
+
 class FrameProcessor:
     """Turns the frames of one video (or one image) into the model's two inputs, decoding each frame once.
 
@@ -280,6 +284,13 @@ def build_prompt_parts(task: str, instruction: str, answer: str | None = None) -
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}.")
     if not instruction or not instruction.strip():
         raise ValueError("instruction: the text instruction is empty; give a phrase or a question.")
+    for name, text in (("instruction", instruction), ("answer", answer or "")):
+        reserved = [t for t in SPECIAL_TOKENS if t in text]
+        if reserved:
+            raise ReservedTokenError(
+                f"{name}: {text!r} contains the reserved placeholder(s) {reserved}, which the model expands into "
+                "visual tokens; remove them from the text."
+            )
     kind = "a video with reference frames" if task in VIDEO_TASKS else "an image"
     prefix = f"{SYSTEM_PROMPT} USER: This is {kind} {OVP_TOKEN}\n{IMAGE_TOKEN}\n{TASK_TEMPLATES[task]} Text Prompt:"
     if task == "vqa":

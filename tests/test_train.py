@@ -79,6 +79,7 @@ def test_every_config_parses_and_instantiates(config, tiny_root, synthetic_dir, 
         model_config.mask.image_size, model_config.vision.image_size, model_config.num_reference_frames
     )
     assert data.tokenizer is cli.model.tokenizer
+    assert data.max_text_tokens == cli.model.model.text_token_budget() > 0
 
 
 def test_paper_model_config_holds_the_paper_values(tiny_root, synthetic_dir, tmp_path, capsys):

@@ -413,6 +413,19 @@ class InstructSeg(nn.Module):
         mask_logits = logits[rows, best].masked_fill(no_target[:, None, None], float("-inf"))
         return Selection(mask_logits, score, no_target, best)
 
+    def text_token_budget(self) -> int | None:
+        """Most prompt tokens (template + instruction + answer, each placeholder counted once) that fit the LLM's
+        context next to a video clip's visual tokens (R x K OVP latents, N SigLIP tokens, Q mask queries); ``None``
+        when the LLM states no context length."""
+        if self.llm.max_positions is None:
+            return None
+        visual = (
+            self.config.num_reference_frames * self.perceiver.num_latents
+            + self.siglip.num_tokens
+            + self.config.decoder.num_queries
+        )
+        return self.llm.max_positions - visual + 3
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Name → parameter for everything that trains (LoRA, OVP, VMTF, projections, queries, decoders, tokens)."""
         return {name: p for name, p in self.named_parameters() if p.requires_grad}

@@ -141,3 +141,17 @@ def test_collate_mixed_tasks(builder, make_record, raw, tokenizer):
     assert batch["task"] == ["res", "rvos", "vqa"] and batch["key"] == ["img", "vid", "vqa"]
     assert batch["shard_set"] == ["", "", ""]
     assert batch["skipped"] == {"bad_json": 3, "bad_frame": 1}
+
+
+def test_bad_queries_are_record_errors_that_name_the_reason(builder, make_record, raw):
+    meta, frames = make_record("res")
+    long_meta = {**meta, "queries": [{**meta["queries"][0], "text": " ".join(["the left box"] * 200)}]}
+    reserved = {**meta, "queries": [{**meta["queries"][0], "text": "the <image> box"}]}
+    make = builder(training=False, max_text_tokens=120)
+    assert make(as_record(meta, frames, raw=raw))  # a normal query fits
+    with pytest.raises(RecordError) as err:
+        make(as_record(long_meta, frames, raw=raw))
+    assert err.value.reason == "query_too_long" and "120" in str(err.value)
+    with pytest.raises(RecordError) as err:
+        make(as_record(reserved, frames, raw=raw))
+    assert err.value.reason == "reserved_token" and "<image>" in str(err.value)
