@@ -20,7 +20,7 @@ REVOS_TYPE_NAMES = dict(enumerate(QUERY_TYPES))
 REVOS_TYPE_IDS = {name: i for i, name in enumerate(QUERY_TYPES)}
 
 #: Video inference strategies of :class:`instructseg.InstructSegPredictor`.
-STRATEGIES = ("per_frame", "shared", "naive")
+STRATEGIES = ("per_frame", "shared", "naive", "keyframe", "segments")
 
 #: Label value that the text loss ignores.
 IGNORE_INDEX = -100

@@ -92,7 +92,7 @@ def select_objects(
     fg = logits > 0
     fg_f = fg.float()
     in_mask = (logits.sigmoid() * fg_f).flatten(2).sum(-1) / fg_f.flatten(2).sum(-1).clamp(min=1.0)
-    order = (scores * in_mask).argsort(1, descending=True, stable=True)  # (B, Q); column 0 = select's argmax
+    order = torch.sort(scores * in_mask, dim=1, descending=True, stable=True).indices  # (B, Q); col 0 = argmax
     b, k = logits.shape[0], max_objects
     query = torch.full((b, k), -1, dtype=torch.long, device=logits.device)
     for row in range(b):

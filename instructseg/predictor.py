@@ -17,7 +17,21 @@ Video strategies (``predict_video(strategy=...)``):
 * ``"shared"``: one LLM pass per (video, instruction) with the middle frame as key and
   :func:`global_reference_frames` as references; every frame then only runs the mask decoder. Fastest.
 * ``"naive"``: the reference loop, one full forward per (frame, instruction) that re-encodes its 1 + R frames. Same
-  masks as ``"per_frame"``; kept for benchmarks and equality tests.
+  masks as ``"per_frame"``; kept for benchmarks and equality tests (it preprocesses every frame up front, as the
+  reference does, so its memory grows with T; every other strategy's memory is flat in T).
+* ``"keyframe"`` (VISA without a second LLM, :mod:`instructseg.keyframes`): a relevance pass (the ``"shared"`` pass,
+  keeping one score per frame) picks the key frame per instruction; one LLM pass on it with VISA's global-local
+  references (:func:`~instructseg.sampling.global_local_reference_frames`); every frame is then decoded with that
+  output, or, with ``tracker="sam2"``, the key-frame mask(s) are propagated forward and backward by SAM2
+  (:mod:`instructseg.tracker`).
+* ``"segments"`` (ViLLa's key segments): the same relevance pass; the segments where the smoothed relevance reaches
+  the threshold (:class:`~instructseg.keyframes.SegmentRule`) each get one LLM pass on their most relevant frame with
+  adaptive references (:func:`~instructseg.sampling.adaptive_reference_frames`: a third over the video, two thirds
+  around the segment) and are decoded (or tracked) with it; frames outside every segment are "no target".
+
+``max_objects=K`` returns up to K objects per instruction (``.objects``, :mod:`instructseg.objects`: score threshold
+and mask-IoU suppression); ``mask(s)`` / ``score(s)`` / ``no_target`` then hold the union / the best of them.
+``VideoPrediction.video_no_target`` is the per-video answer (no object in any frame).
 
 Several instructions reuse the encoded frames (and the pixel decoder's features); each frame is encoded once however
 many instructions there are. Masks come back at the original resolution of the input. CPU by default; any device
@@ -29,7 +43,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +53,26 @@ from tqdm.auto import tqdm
 
 from instructseg.checkpoint import load_training_checkpoint
 from instructseg.constants import IMAGE_TASKS, STRATEGIES, VIDEO_TASKS
-from instructseg.modeling.instructseg import FrameFeatures, InstructSeg, Selection
+from instructseg.keyframes import RelevanceRecorder, SegmentRule, choose_key_frame, extract_segments
+from instructseg.modeling.instructseg import FrameFeatures, InstructSeg
 from instructseg.modeling.llm import CoDecodeOutput
 from instructseg.modeling.loading import resolve_model_path
+from instructseg.modeling.mask_decoder import MaskPrediction
+from instructseg.objects import ImageObject, ObjectSelection, VideoCollector, VideoObject, select_objects
 from instructseg.processing import FrameProcessor, collate_tokens, postprocess_mask_logits, tokenize_query
-from instructseg.sampling import global_reference_frames, reference_frames_for_key
+from instructseg.sampling import (
+    adaptive_reference_frames,
+    global_local_reference_frames,
+    global_reference_frames,
+    reference_frames_for_key,
+)
+from instructseg.tracker import DEFAULT_SAM2, Sam2Tracker
 from instructseg.video_io import ImageInput, InputError, VideoFrames, open_video
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 PREPROCESS_WORKERS = min(8, os.cpu_count() or 1)
+#: Strategies that start from key frames (the ones a tracker can propagate from).
+TRACKED_STRATEGIES = ("keyframe", "segments")
 
 
 @dataclass
@@ -57,11 +83,13 @@ class ImagePrediction:
         mask: ``(H, W)`` bool at the original resolution (empty when ``no_target``).
         score: sigmoid score of the selected query.
         no_target: the score is below the no-target threshold.
+        objects: the objects found (``max_objects`` of them at most; ``mask`` is their union, ``score`` the best).
     """
 
     mask: np.ndarray
     score: float
     no_target: bool
+    objects: list[ImageObject] = field(default_factory=list)
 
 
 @dataclass
@@ -73,12 +101,17 @@ class VideoPrediction:
         scores: ``(T,)`` float32 sigmoid scores of the selected queries.
         no_target: ``(T,)`` bool.
         frame_names: T frame names (file stems for folders, ``00000``... otherwise).
+        objects: the object slots present in at least one frame (``max_objects`` at most; ``masks`` is their union,
+            ``scores`` the best).
+        video_no_target: no object in any frame (the per-video answer).
     """
 
     masks: np.ndarray
     scores: np.ndarray
     no_target: np.ndarray
     frame_names: list[str]
+    objects: list[VideoObject] = field(default_factory=list)
+    video_no_target: bool = False
 
 
 class InstructSegPredictor:
@@ -137,16 +170,27 @@ class InstructSegPredictor:
             out.append({k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "instruction_mask")})
         return out
 
-    def _to_masks(self, selection: Selection, frames: FrameProcessor) -> np.ndarray:
-        """Selected mask logits ``(B, h, w)`` → ``(B, H, W)`` bool masks at the original resolution."""
-        out = np.zeros((selection.mask_logits.shape[0], *frames.hw), dtype=bool)
-        for row in np.flatnonzero(~selection.no_target.cpu().numpy()):
-            logits = postprocess_mask_logits(selection.mask_logits[row], frames.valid_hw, frames.mask_size, frames.hw)
+    def _to_masks(self, chosen: ObjectSelection, frames: FrameProcessor) -> np.ndarray:
+        """Object mask logits ``(B, K, h, w)`` → ``(B, K, H, W)`` bool masks at the original resolution."""
+        b, k = chosen.score.shape
+        flat = chosen.mask_logits.flatten(0, 1)
+        out = np.zeros((b * k, *frames.hw), dtype=bool)
+        for row in np.flatnonzero(~chosen.no_target.flatten().cpu().numpy()):
+            logits = postprocess_mask_logits(flat[row], frames.valid_hw, frames.mask_size, frames.hw)
             out[row] = (logits > 0).cpu().numpy()
-        return out
+        return out.reshape(b, k, *frames.hw)
+
+    def _threshold(self, threshold: float | None) -> float:
+        return self.config.decoder.no_target_threshold if threshold is None else threshold
 
     def predict_image(
-        self, image: ImageInput, text: str | Sequence[str], task: str = "res", threshold: float | None = None
+        self,
+        image: ImageInput,
+        text: str | Sequence[str],
+        task: str = "res",
+        threshold: float | None = None,
+        max_objects: int = 1,
+        overlap: float = 0.5,
     ) -> ImagePrediction | list[ImagePrediction]:
         """Segment ``image`` for one instruction (→ one prediction) or several (→ a list; the image is encoded once).
 
@@ -155,6 +199,8 @@ class InstructSegPredictor:
             text: instruction(s).
             task: ``"res"`` (referring phrase) or ``"reasonseg"`` (implicit question).
             threshold: no-target threshold on the score (default ``config.decoder.no_target_threshold``).
+            max_objects: up to this many objects per instruction (``.objects``; see :mod:`instructseg.objects`).
+            overlap: mask IoU at which a lower-ranked object is suppressed (with ``max_objects > 1``).
         """
         texts = _as_texts(text)
         _check_task(task, IMAGE_TASKS)
@@ -166,9 +212,13 @@ class InstructSegPredictor:
             key, refs, ref_mask = self.model.split_clip(features.clip_tokens[None])  # the image is its own reference
             for query in queries:
                 co = self.model.co_decode(key, refs, **query, ref_mask=ref_mask)
-                selection = self.model.select(self.model.decode_masks(features, co), threshold)
-                mask = self._to_masks(selection, frames)[0]
-                results.append(ImagePrediction(mask, float(selection.score[0]), bool(selection.no_target[0])))
+                prediction = self.model.decode_masks(features, co)
+                chosen = select_objects(prediction, max_objects, self._threshold(threshold), overlap)
+                masks, scores = self._to_masks(chosen, frames)[0], chosen.score[0].float().cpu().numpy()
+                present = np.flatnonzero(~chosen.no_target[0].cpu().numpy())
+                objects = [ImageObject(masks[j], float(scores[j])) for j in present]
+                mask = masks.any(0) if max_objects > 1 else masks[0]
+                results.append(ImagePrediction(mask, float(scores.max()), present.size == 0, objects))
         return results[0] if isinstance(text, str) else results
 
     def _processor(self, frames: VideoFrames) -> FrameProcessor:
@@ -190,17 +240,31 @@ class InstructSegPredictor:
         chunk_size: int = 16,
         threshold: float | None = None,
         progress: bool = False,
+        max_objects: int = 1,
+        overlap: float = 0.5,
+        tracker: str | Sam2Tracker | None = None,
+        tracker_weights: str | Path | None = None,
+        segment_rule: SegmentRule | None = None,
     ) -> VideoPrediction | list[VideoPrediction]:
         """Segment every frame of ``video`` for one instruction (→ one prediction) or several (→ a list).
 
         Args:
             video: frames, a folder of frames, a GIF / MP4 file or a ``(T, ...)`` array (see :func:`open_video`).
             text: instruction(s); all of them reuse the encoded frames.
-            strategy: ``"per_frame"``, ``"shared"`` or ``"naive"`` (see the module docstring).
+            strategy: ``"per_frame"``, ``"shared"``, ``"naive"``, ``"keyframe"`` or ``"segments"`` (see the module
+                docstring).
             task: ``"rvos"`` (referring phrase) or ``"reasonvos"`` (implicit question).
             chunk_size: frames encoded and decoded together (bounds memory).
             threshold: no-target threshold on the score (default ``config.decoder.no_target_threshold``).
             progress: show a tqdm progress bar.
+            max_objects: up to this many objects per instruction (``.objects``; ranked per frame, or tracked).
+            overlap: mask IoU at which a lower-ranked object is suppressed (with ``max_objects > 1``).
+            tracker: ``None``, ``"sam2"`` or a :class:`~instructseg.tracker.Sam2Tracker`: propagate the key-frame
+                objects instead of decoding every frame (strategies ``"keyframe"`` and ``"segments"``).
+            tracker_weights: SAM2 weights for ``tracker="sam2"``, Hub id or local directory (default
+                ``facebook/sam2.1-hiera-tiny``).
+            segment_rule: how ``"segments"`` reads key segments off the relevance curve (default
+                :class:`~instructseg.keyframes.SegmentRule`).
         """
         texts = _as_texts(text)
         _check_task(task, VIDEO_TASKS)
@@ -208,20 +272,47 @@ class InstructSegPredictor:
             raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}.")
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}.")
+        if max_objects < 1 or not 0.0 < overlap <= 1.0:
+            raise ValueError(f"max_objects / overlap: expected >= 1 and in (0, 1], got {max_objects} and {overlap}.")
+        sam2 = self._tracker(tracker, tracker_weights, strategy)
         queries = self._queries(texts, task)
         frames = self._processor(open_video(video))
         n = len(frames.frames)
-        collected = _Collector(len(queries), n)
-        run = {"per_frame": self._run_per_frame, "shared": self._run_shared, "naive": self._run_naive}[strategy]
+        collected = VideoCollector(len(queries), n, max_objects)
+        run = {
+            "per_frame": self._run_per_frame,
+            "shared": self._run_shared,
+            "naive": self._run_naive,
+            "keyframe": partial(self._run_keyframe, tracker=sam2),
+            "segments": partial(self._run_segments, tracker=sam2, rule=segment_rule or SegmentRule()),
+        }[strategy]
         with self._inference(), tqdm(total=n * len(queries), disable=not progress, unit="frame") as bar:
-
-            def emit(k: int, keys: Sequence[int], selection: Selection) -> None:
-                collected.add(k, keys, self._to_masks(selection, frames), selection)
-                bar.update(len(keys))
-
-            run(frames, queries, chunk_size, threshold, emit)
-        results = [VideoPrediction(*collected.result(k), frames.frames.names) for k in range(len(queries))]
+            run(frames, queries, chunk_size, _Emitter(self, frames, collected, bar, threshold, max_objects, overlap))
+        results = []
+        for k in range(len(queries)):
+            masks, scores, no_target, objects = collected.result(k, frames.hw)
+            results.append(
+                VideoPrediction(masks, scores, no_target, frames.frames.names, objects, bool(no_target.all()))
+            )
         return results[0] if isinstance(text, str) else results
+
+    def _tracker(
+        self, tracker: str | Sam2Tracker | None, weights: str | Path | None, strategy: str
+    ) -> Sam2Tracker | None:
+        """The tracker of a ``predict_video`` call (``"sam2"`` loads ``weights`` once per process)."""
+        if tracker is None:
+            if weights is not None:
+                raise ValueError("tracker_weights: given without tracker; pass tracker='sam2' too.")
+            return None
+        if strategy not in TRACKED_STRATEGIES:
+            raise ValueError(
+                f"tracker: propagates key frames; use a strategy of {TRACKED_STRATEGIES}, not {strategy!r}."
+            )
+        if isinstance(tracker, Sam2Tracker):
+            return tracker
+        if tracker != "sam2":
+            raise ValueError(f"tracker: expected None, 'sam2' or a Sam2Tracker, got {tracker!r}.")
+        return _load_sam2(str(weights or DEFAULT_SAM2), str(self.device), self.autocast_dtype)
 
     def _decode_chunk(
         self,
@@ -229,17 +320,13 @@ class InstructSegPredictor:
         features: FrameFeatures,
         co_for_query: Callable[[int], CoDecodeOutput],
         num_queries: int,
-        threshold: float | None,
-        emit: Callable,
+        emit: _Emitter,
     ) -> None:
         """Stage 3 for the frames ``keys`` (rows of ``features``), each instruction on the same features."""
         for k in range(num_queries):
-            prediction = self.model.decode_masks(features, co_for_query(k))
-            emit(k, keys, self.model.select(prediction, threshold))
+            emit.decoded(k, keys, self.model.decode_masks(features, co_for_query(k)))
 
-    def _run_per_frame(
-        self, frames: FrameProcessor, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
-    ) -> None:
+    def _run_per_frame(self, frames: FrameProcessor, queries: list[dict], chunk: int, emit: _Emitter) -> None:
         """Cached + batched paper protocol; SigLIP tokens kept in a sliding window, Swin per chunk."""
         n, r = len(frames.frames), self.config.num_reference_frames
         needs = [[t, *reference_frames_for_key(n, t, r)] for t in range(n)]
@@ -260,32 +347,116 @@ class InstructSegPredictor:
             refs = torch.stack([torch.stack([tokens[i] for i in needs[t][1:]]) for t in keys])  # (B, R, N, D)
             batched = [{name: v.expand(len(keys), -1) for name, v in query.items()} for query in queries]
             self._decode_chunk(
-                keys, features, lambda k: self.model.co_decode(key, refs, **batched[k]), len(queries), threshold, emit
+                keys, features, lambda k: self.model.co_decode(key, refs, **batched[k]), len(queries), emit
             )
             keep_from = min(min(needs[t]) for t in range(keys.stop, n)) if keys.stop < n else n
             for index in [i for i in tokens if i < keep_from]:
                 del tokens[index]
 
-    def _run_shared(
-        self, frames: FrameProcessor, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
-    ) -> None:
-        """One LLM pass per instruction (middle key frame, global references), then the mask decoder per chunk."""
-        n, r = len(frames.frames), self.config.num_reference_frames
-        key_index, ref_indices = n // 2, global_reference_frames(n, r)
+    def _co_decode_at(
+        self, frames: FrameProcessor, queries: list[dict], key_index: int, ref_indices: list[int]
+    ) -> list[CoDecodeOutput]:
+        """One LLM pass per instruction on the clip ``key_index`` + ``ref_indices`` (its frames encoded once)."""
         encoded = sorted({key_index, *ref_indices})
         tokens = dict(zip(encoded, self.model.encode_frames(self._prepare(frames, encoded, mask=False)[0]).clip_tokens))
         key = tokens[key_index][None]  # (1, N, D)
         refs = torch.stack([tokens[i] for i in ref_indices])[None]  # (1, R, N, D)
-        shared = [self.model.co_decode(key, refs, **query) for query in queries]
-        for start in range(0, n, chunk):
-            keys = range(start, min(n, start + chunk))
-            features = self.model.encode_frames(None, self._prepare(frames, keys, siglip=False)[1])
-            rows = [0] * len(keys)
-            self._decode_chunk(keys, features, lambda k: shared[k].index(rows), len(queries), threshold, emit)
+        return [self.model.co_decode(key, refs, **query) for query in queries]
 
-    def _run_naive(
-        self, frames: FrameProcessor, queries: list[dict], chunk: int, threshold: float | None, emit: Callable
+    def _spread(
+        self, frames: FrameProcessor, jobs: list[tuple[int, CoDecodeOutput, range]], chunk: int, emit: _Emitter
     ) -> None:
+        """Decode the frames of each job ``(instruction, co-decode output, frames)``, chunk by chunk; a chunk's mask
+        branch is encoded once for all the jobs that cover it."""
+        n = len(frames.frames)
+        for start in range(0, n, chunk):
+            window = range(start, min(n, start + chunk))
+            active = [(k, co, keys) for k, co, span in jobs if (keys := [t for t in window if t in span])]
+            if not active:
+                continue
+            needed = sorted({t for _, _, keys in active for t in keys})
+            features = self.model.encode_frames(None, self._prepare(frames, needed, siglip=False)[1])
+            for k, co, keys in active:
+                part = features if len(keys) == len(needed) else _take(features, [needed.index(t) for t in keys])
+                emit.decoded(k, keys, self.model.decode_masks(part, co.index([0] * len(keys))))
+
+    def _run_shared(self, frames: FrameProcessor, queries: list[dict], chunk: int, emit: _Emitter) -> None:
+        """One LLM pass per instruction (middle key frame, global references), then the mask decoder per chunk."""
+        n, r = len(frames.frames), self.config.num_reference_frames
+        shared = self._co_decode_at(frames, queries, n // 2, global_reference_frames(n, r))
+        self._spread(frames, [(k, co, range(n)) for k, co in enumerate(shared)], chunk, emit)
+
+    def _relevance(self, frames: FrameProcessor, queries: list[dict], chunk: int) -> np.ndarray:
+        """``(len(queries), T)`` relevance curves: the ``shared`` pass, one score per frame kept."""
+        recorder = RelevanceRecorder(len(queries), len(frames.frames), self.model.select)
+        self._run_shared(frames, queries, chunk, recorder)
+        return recorder.curves
+
+    def _run_keyframe(
+        self, frames: FrameProcessor, queries: list[dict], chunk: int, emit: _Emitter, tracker: Sam2Tracker | None
+    ) -> None:
+        """Key frame per instruction from the relevance curve, one LLM pass with global-local references there."""
+        n, r = len(frames.frames), self.config.num_reference_frames
+        jobs = []
+        for k, (query, curve) in enumerate(zip(queries, self._relevance(frames, queries, chunk))):
+            key = choose_key_frame(curve)
+            co = self._co_decode_at(frames, [query], key, global_local_reference_frames(n, key, r))[0]
+            jobs.append((k, co, key, range(n)))
+        self._fill(frames, jobs, chunk, emit, tracker)
+
+    def _run_segments(
+        self,
+        frames: FrameProcessor,
+        queries: list[dict],
+        chunk: int,
+        emit: _Emitter,
+        tracker: Sam2Tracker | None,
+        rule: SegmentRule,
+    ) -> None:
+        """Key segments per instruction, one LLM pass per segment (adaptive references); "no target" elsewhere."""
+        n, r = len(frames.frames), self.config.num_reference_frames
+        jobs = []
+        for k, (query, curve) in enumerate(zip(queries, self._relevance(frames, queries, chunk))):
+            outside = np.ones(n, dtype=bool)
+            for start, stop in extract_segments(curve, rule, emit.threshold):
+                outside[start:stop] = False
+                key = start + choose_key_frame(curve[start:stop], rule.smooth)
+                co = self._co_decode_at(frames, [query], key, adaptive_reference_frames(n, (start, stop), r))[0]
+                jobs.append((k, co, key, range(start, stop)))
+            if outside.any():
+                emit.absent(k, np.flatnonzero(outside).tolist(), curve[outside])
+        self._fill(frames, jobs, chunk, emit, tracker)
+
+    def _fill(
+        self,
+        frames: FrameProcessor,
+        jobs: list[tuple[int, CoDecodeOutput, int, range]],
+        chunk: int,
+        emit: _Emitter,
+        tracker: Sam2Tracker | None,
+    ) -> None:
+        """Fill each job ``(instruction, co-decode output, key frame, frames)``: decode its frames with the output,
+        or propagate the key frame's objects with ``tracker``."""
+        if tracker is None:
+            self._spread(frames, [(k, co, span) for k, co, _, span in jobs], chunk, emit)
+            return
+        slots = emit.max_objects
+        for k, co, key, span in jobs:
+            features = self.model.encode_frames(None, self._prepare(frames, [key], siglip=False)[1])
+            masks, scores, no_target = emit.select(self.model.decode_masks(features, co))
+            present = np.flatnonzero(~no_target[0])
+            if present.size == 0:
+                emit.absent(k, list(span), np.full(len(span), scores[0, 0]))
+                continue
+            for t, tracked, tracked_scores in tracker.propagate(frames.decoded, key, masks[0, present], span):
+                out_masks = np.zeros((1, slots, *tracked.shape[1:]), dtype=bool)
+                out_scores = np.zeros((1, slots), dtype=np.float32)
+                out_masks[0, : present.size], out_scores[0, : present.size] = tracked, tracked_scores
+                absent = np.ones((1, slots), dtype=bool)
+                absent[0, : present.size] = tracked_scores <= 0.5
+                emit.masks(k, [t], out_masks, out_scores, absent)
+
+    def _run_naive(self, frames: FrameProcessor, queries: list[dict], chunk: int, emit: _Emitter) -> None:
         """The reference loop: a full forward per (frame, instruction) re-encoding its 1 + R frames.
 
         Frames are preprocessed once up front (as the reference does); only the model work is repeated.
@@ -296,27 +467,56 @@ class InstructSegPredictor:
             for t in range(n):
                 clip_frames = [t, *reference_frames_for_key(n, t, r)]
                 batch = {**query, "clip_pixel_values": clip[clip_frames][None], "pixel_values": masks[t][None]}
-                emit(k, [t], self.model.select(self.model(batch).prediction, threshold))
+                emit.decoded(k, [t], self.model(batch).prediction)
 
 
-class _Collector:
-    """Per-instruction ``(T, H, W)`` masks, scores and no-target flags filled chunk by chunk."""
+class _Emitter:
+    """Where a video strategy hands its results: decoder outputs, tracked masks, or "no target" frames."""
 
-    def __init__(self, num_queries: int, num_frames: int) -> None:
-        self.masks: list[np.ndarray | None] = [None] * num_queries
-        self.scores = np.zeros((num_queries, num_frames), dtype=np.float32)
-        self.no_target = np.zeros((num_queries, num_frames), dtype=bool)
+    def __init__(
+        self,
+        predictor: InstructSegPredictor,
+        frames: FrameProcessor,
+        collected: VideoCollector,
+        bar: tqdm,
+        threshold: float | None,
+        max_objects: int,
+        overlap: float,
+    ) -> None:
+        self._predictor, self._frames, self._collected, self._bar = predictor, frames, collected, bar
+        self.threshold, self.max_objects, self.overlap = predictor._threshold(threshold), max_objects, overlap
 
-    def add(self, k: int, keys: Sequence[int], masks: np.ndarray, selection: Selection) -> None:
-        if self.masks[k] is None:
-            self.masks[k] = np.zeros((self.scores.shape[1], *masks.shape[1:]), dtype=bool)
-        index = list(keys)
-        self.masks[k][index] = masks
-        self.scores[k, index] = selection.score.float().cpu().numpy()
-        self.no_target[k, index] = selection.no_target.cpu().numpy()
+    def select(self, prediction: MaskPrediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Objects of B decoded frames: masks ``(B, K, H, W)`` bool, scores and no-target flags ``(B, K)``."""
+        chosen = select_objects(prediction, self.max_objects, self.threshold, self.overlap)
+        scores, no_target = chosen.score.float().cpu().numpy(), chosen.no_target.cpu().numpy()
+        return self._predictor._to_masks(chosen, self._frames), scores, no_target
 
-    def result(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.masks[k], self.scores[k], self.no_target[k]
+    def decoded(self, k: int, keys: Sequence[int], prediction: MaskPrediction) -> None:
+        self.masks(k, keys, *self.select(prediction))
+
+    def masks(self, k: int, keys: Sequence[int], masks: np.ndarray, scores: np.ndarray, no_target: np.ndarray) -> None:
+        self._collected.add(k, keys, masks, scores, no_target)
+        self._bar.update(len(keys))
+
+    def absent(self, k: int, keys: Sequence[int], scores: np.ndarray) -> None:
+        self._collected.absent(k, keys, scores)
+        self._bar.update(len(keys))
+
+
+def _take(features: FrameFeatures, rows: list[int]) -> FrameFeatures:
+    """The frames ``rows`` of encoded features."""
+    mask_features, multi_scale = features.pixel
+    return FrameFeatures(
+        None if features.clip_tokens is None else features.clip_tokens[rows],
+        [level[rows] for level in features.pyramid],
+        (mask_features[rows], [level[rows] for level in multi_scale]),
+    )
+
+
+@lru_cache(maxsize=2)
+def _load_sam2(weights: str, device: str, dtype: torch.dtype | None) -> Sam2Tracker:
+    return Sam2Tracker.from_pretrained(weights, device, dtype)
 
 
 def _as_texts(text: str | Sequence[str]) -> list[str]:
