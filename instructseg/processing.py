@@ -21,6 +21,7 @@ where the text loss applies and ``IGNORE_INDEX`` elsewhere.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ def to_rgb_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     Raises:
         ValueError: for any other shape, dtype, or an empty image.
     """
+    if isinstance(image, Image.Image) and image.mode == "F":
+        image = np.asarray(image)  # 32-bit float (e.g. a float TIFF): the float rule below, not PIL's clip to 0..255
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             array = np.asarray(image).astype(np.float64) / 257.0
@@ -90,12 +93,37 @@ def to_rgb_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image.astype(np.float64) / 257.0).astype(np.uint8)
     elif np.issubdtype(image.dtype, np.floating):
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        image = _float_to_uint8(image)
     elif image.dtype != np.uint8:
         raise ValueError(f"image: unsupported dtype {image.dtype}; use uint8, uint16 or float in [0, 1].")
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image[..., :3])
+
+
+#: Float pixels this far outside [0, 1] (resampling overshoot) are clipped rather than refused or rescaled.
+FLOAT_TOLERANCE = 1e-3
+
+
+def _float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] to uint8; floats in 0..255 (a uint8 image cast to float) are scaled by 1/255 (warning).
+
+    Raises:
+        ValueError: NaN or inf pixels, or values outside [0, 255].
+    """
+    if not np.isfinite(image).all():
+        raise ValueError("image: the float pixels hold NaN or inf; give finite values in [0, 1].")
+    low, high = float(image.min()), float(image.max())
+    if low < -FLOAT_TOLERANCE or high > 255.0 + FLOAT_TOLERANCE:
+        raise ValueError(f"image: float pixels must lie in [0, 1] (or 0..255), got [{low:g}, {high:g}]; rescale them.")
+    if high > 1.0 + FLOAT_TOLERANCE:
+        warnings.warn(
+            f"image: float pixels up to {high:g} are read as 0..255 and scaled by 1/255; pass floats in [0, 1] (or "
+            "uint8) to silence this.",
+            stacklevel=4,
+        )
+        image = image / 255.0
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
