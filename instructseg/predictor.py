@@ -67,9 +67,10 @@ from instructseg.sampling import (
     reference_frames_for_key,
 )
 from instructseg.tracker import DEFAULT_SAM2, Sam2Tracker
-from instructseg.video_io import ImageInput, InputError, VideoFrames, open_video
+from instructseg.video_io import ImageInput, InputError, VideoFrames, is_video_path, open_video
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 PREPROCESS_WORKERS = min(8, os.cpu_count() or 1)
 #: Strategies that start from key frames (the ones a tracker can propagate from).
 TRACKED_STRATEGIES = ("keyframe", "segments")
@@ -123,33 +124,77 @@ class InstructSegPredictor:
         dtype: ``None`` / ``torch.float32`` (full precision) or ``torch.bfloat16`` / ``torch.float16`` (autocast).
     """
 
-    def __init__(self, model: InstructSeg, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-        if dtype not in (None, torch.float32, *AUTOCAST_DTYPES):
-            raise ValueError(f"dtype: expected None, float32, bfloat16 or float16, got {dtype}.")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.autocast_dtype = dtype if dtype in AUTOCAST_DTYPES else None
+    def __init__(
+        self, model: InstructSeg, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+    ) -> None:
+        self.model = model.eval()
         self.config = model.config
+        self.device = torch.device("cpu")
+        self.autocast_dtype: torch.dtype | None = None
+        self.to(device, dtype or torch.float32)
+
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> InstructSegPredictor:
+        """Move the model to ``device`` and / or run it in ``dtype`` (``None`` keeps the current one); returns self.
+
+        Args:
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a ``torch.device``; checked to exist here.
+            dtype: ``"float32"`` / ``torch.float32`` (full precision) or ``"bfloat16"`` / ``"float16"`` (or the
+                torch dtypes): autocast, the weights stay float32.
+
+        Raises:
+            ValueError: an unknown dtype or device name, or a device this torch build cannot use (one line).
+        """
+        if dtype is not None:
+            resolved = _as_dtype(dtype)
+            self.autocast_dtype = resolved if resolved in AUTOCAST_DTYPES else None
+        if device is not None:
+            self.device = _check_device(device)
+            self.model.to(self.device)
+        return self
+
+    def __call__(
+        self, inputs: ImageInput | Sequence[ImageInput] | str | Path, text: str | Sequence[str], **kwargs
+    ) -> ImagePrediction | VideoPrediction | list[ImagePrediction] | list[VideoPrediction]:
+        """:meth:`predict_video` for a video (a folder of frames, a GIF / MP4 path, a list of frames or a
+        ``(T, H, W, C)`` array), else :meth:`predict_image`; ``kwargs`` go to that method."""
+        video = (
+            is_video_path(inputs)
+            if isinstance(inputs, (str, Path))
+            else isinstance(inputs, (list, tuple)) or (isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4)
+        )
+        return (self.predict_video if video else self.predict_image)(inputs, text, **kwargs)
+
+    def predict_images(
+        self, images: Sequence[ImageInput], text: str | Sequence[str], **kwargs
+    ) -> list[ImagePrediction] | list[list[ImagePrediction]]:
+        """:meth:`predict_image` on each of ``images`` with the same instruction(s): one result per image (each
+        image is encoded once for all its instructions); ``kwargs`` go to :meth:`predict_image`."""
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            raise InputError(f"images: expected a list of images, got {type(images).__name__}.")
+        return [self.predict_image(image, text, **kwargs) for image in images]
 
     @classmethod
     def from_pretrained(
         cls,
         path: str | Path,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: str | torch.dtype | None = None,
         config_overrides: dict | None = None,
+        pretrained_root: str | Path | None = None,
     ) -> InstructSegPredictor:
         """Load an export directory (:meth:`InstructSeg.from_pretrained`) or a training ``.ckpt``, by local path or
         Hugging Face Hub id (:func:`~instructseg.modeling.loading.resolve_model_path`).
 
-        ``config_overrides`` (training checkpoints only) is merged into the stored model config, e.g. to point the
-        pretrained paths at this machine's copies.
+        A training checkpoint rebuilds the frozen parts from its stored pretrained paths (absolute, or relative to
+        the working directory or the checkpoint's folder); on another machine give ``pretrained_root`` (a folder
+        holding ``siglip/``, ``llm/`` and ``mask2former/``, e.g. from ``instructseg make-tiny``) to use those
+        instead. ``config_overrides`` (training checkpoints only) is merged into the stored model config.
         """
         path = resolve_model_path(path)
         if path.is_dir():
             model = InstructSeg.from_pretrained(path)
         elif path.is_file():
-            model = load_training_checkpoint(path, config_overrides)
+            model = load_training_checkpoint(path, config_overrides, pretrained_root=pretrained_root)
         else:
             raise FileNotFoundError(f"No export directory or training checkpoint at {path}.")
         return cls(model, device, dtype)
@@ -517,6 +562,31 @@ def _take(features: FrameFeatures, rows: list[int]) -> FrameFeatures:
 @lru_cache(maxsize=2)
 def _load_sam2(weights: str, device: str, dtype: torch.dtype | None) -> Sam2Tracker:
     return Sam2Tracker.from_pretrained(weights, device, dtype)
+
+
+def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``torch.float32`` / ``bfloat16`` / ``float16`` from the dtype or its name (``"bfloat16"``, ``"torch.float16"``)."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype: expected one of {DTYPE_NAMES} (a name or the torch dtype), got {dtype!r}.")
+    return getattr(torch, name)
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` after checking that this torch build can use it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a device name (use cpu, cuda, cuda:1 or mps).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: this torch ({torch.__version__}) has no usable CUDA device; use 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use 'cpu'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r}: unsupported device type {dev.type!r}; use cpu, cuda or mps.")
+    return dev
 
 
 def _as_texts(text: str | Sequence[str]) -> list[str]:

@@ -13,15 +13,17 @@ import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from datamodules.rle import encode_rle
 from datamodules.shards import RecordWriter, check_remote_urls, expand_urls, iter_records
 from datamodules.streams import ShardSetConfig
 from datamodules.synthetic import generate, generate_record
 from instructseg.cli import main as cli_main
-from instructseg.evaluation import PROGRESS_DIR, Progress, count_records, evaluate_sets, has_annotations
+from instructseg.evaluation import PROGRESS_DIR, MetricOptions, Progress, count_records, evaluate_sets, has_annotations
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.predictor import InstructSegPredictor
 
@@ -300,3 +302,64 @@ def test_one_bad_url_among_good_ones_is_named(http_root):
     with pytest.raises(FileNotFoundError, match=r"synthetic-val-000009.tar.*HTTP 404.*1 of 2"):
         check_remote_urls(urls)
     check_remote_urls(urls[:1])  # the good one alone passes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official metric options
+
+
+class OraclePredictor:
+    """Predicts each instruction's ground truth (given by text), so the metric values are known in closed form."""
+
+    def __init__(self, truth: dict[str, np.ndarray]) -> None:
+        self.truth = truth
+
+    def predict_image(self, image, texts, task, threshold=None):
+        return [SimpleNamespace(mask=self.truth[t][0], score=1.0, no_target=False) for t in texts]
+
+    def predict_video(self, frames, texts, strategy, task, threshold=None):
+        n = len(frames)
+        return [SimpleNamespace(masks=self.truth[t], scores=np.ones(n), no_target=np.zeros(n, bool)) for t in texts]
+
+
+def _square(size: int, top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_official_options_reach_the_metrics(tmp_path):
+    """Two overlapping objects, one query for both: the official ReVOS A counts only true negatives and R weighs an
+    overlap pixel 1 (object counts as targets); the official epsilons move gIoU / cIoU off 1."""
+    size, frames = 32, 2
+    a = [_square(size, 2 + t, 2, 12) for t in range(frames)]
+    b = [_square(size, 8, 8 + t, 12) for t in range(frames)]
+    union = np.stack([x | y for x, y in zip(a, b)])
+    objects = {"a": {"masks": [encode_rle(m) for m in a]}, "b": {"masks": [encode_rle(m) for m in b]}}
+    image = np.zeros((size, size, 3), np.uint8)
+    common = {"dataset": "toy", "height": size, "width": size}
+    video_meta = {**common, "task": "reasonvos", "frames": frames, "objects": objects,
+                  "queries": [{"text": "both", "object_ids": ["a", "b"], "type": "referring"}]}  # fmt: skip
+    image_meta = {**common, "task": "res", "frames": 1, "objects": {"a": {"masks": objects["a"]["masks"][:1]}},
+                  "queries": [{"text": "a", "object_ids": ["a"], "type": "referring"}]}  # fmt: skip
+    with RecordWriter(str(tmp_path / "shards" / "toy-%06d.tar")) as writer:
+        writer.write("video", video_meta, [image] * frames)
+        writer.write("image", image_meta, [image])
+    oracle = OraclePredictor({"both": union, "a": np.stack(a[:1])})
+    sets = [("toy", writer.shards)]
+    plain = evaluate_sets(oracle, sets, tmp_path / "plain", overlays=0, progress=False)
+    official = evaluate_sets(oracle, sets, tmp_path / "official", overlays=0, progress=False,
+                             options=MetricOptions(revos_official=True, official_epsilons=True))  # fmt: skip
+    video, image_ = plain["toy/reasonvos"], plain["toy/res"]
+    assert video["J"] == video["A"] == video["referring/R"] == 1.0 and image_["gIoU"] == image_["cIoU"] == 1.0
+    overlap = np.stack([x & y for x, y in zip(a, b)]).sum((1, 2))
+    expected_r = np.mean(1 - overlap / (union.sum((1, 2)) + 1e-6))
+    expected_a = np.mean(1 - union.sum((1, 2)) / size**2)
+    assert official["toy/reasonvos"]["J"] == 1.0
+    assert official["toy/reasonvos"]["referring/R"] == pytest.approx(expected_r, abs=1e-12) and expected_r < 1
+    assert official["toy/reasonvos"]["A"] == pytest.approx(expected_a, abs=1e-12)
+    area = a[0].sum()
+    assert official["toy/res"]["gIoU"] == pytest.approx(area / (area + 1e-5) / (1 + 1e-5), abs=1e-15)
+    assert official["toy/res"]["cIoU"] == pytest.approx(area / (area + 1e-10), abs=1e-15)
+    with pytest.raises(ValueError, match="other settings.*revos_official"):  # a resumed run keeps the options
+        evaluate_sets(oracle, sets, tmp_path / "official", progress=False)
