@@ -1,0 +1,482 @@
+"""Stage 0: tiny "pretrained" parts trained on the synthetic benchmark's own domain, the way the real ones were made.
+
+The real InstructSeg starts from a multimodal LLM (Mipha: SigLIP + projector + Phi-2 trained on captions and
+instructions) and from a Mask2Former trained for segmentation. Random tiny towers carry none of that, so the tiny
+model would have to learn "red", "triangle" or "moving up" from scratch through LoRA. Stage 0 gives the tiny preset
+the same kind of start, in a few CPU minutes, on scenes from :mod:`datamodules.synthetic` (the training split's
+scenes only; the validation split is never seen):
+
+* **MLLM** — SigLIP + projector + Phi trained jointly as a small multimodal LM. The key frame's SigLIP tokens
+  (hidden state ``select_layer``, as the segmentation model reads them; for videos a second frame's tokens follow)
+  are placed in the segmentation model's own prompt, and the LM learns to answer
+  - the record's instructions (referring phrases, reasoning questions, no-target questions) with the target's
+    description: ``"the small red triangle at the top left moving up"`` or ``"there is no such object"``;
+  - a caption request with every object's description (colour, size, shape, position, and for videos motion);
+
+  with two auxiliary terms: every SigLIP token classifies the colour, shape and size of the object under its patch
+  (or background), and a region-text contrastive *pointing* term makes the LM's hidden state at the end of the
+  instruction pick the target's patches among the key frame's image positions (or a "no object" slot).
+* **Mask2Former** — Swin + pixel decoder + transformer decoder trained for class-agnostic object masks (one class,
+  "object") with ``transformers``' own Hungarian-matched Mask2Former loss.
+
+The parts are saved with ``save_pretrained`` into ``root/{siglip,llm,mask2former}`` (the layout of
+:func:`instructseg.tiny.save_tiny_pretrained`); the trained projector goes to ``root/siglip/projector.safetensors``,
+which :class:`instructseg.modeling.vision.SiglipEncoder` loads when present (LLaVA-style MLLMs ship their
+``mm_projector`` the same way). ``root/stage0.json`` records the settings and final losses; a directory whose
+``stage0.json`` matches the requested settings is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instructseg.constants import VIDEO_TASKS
+from instructseg.processing import SYSTEM_PROMPT, TASK_TEMPLATES, mask_branch_input, siglip_branch_input
+
+STAGE0_FILE = "stage0.json"
+#: Attributes the SigLIP tokens are also trained to classify, per patch (the object under the patch centre).
+PATCH_ATTRIBUTES = ("colour", "shape", "size")
+PROJECTOR_FILE = "projector.safetensors"
+FORMAT_VERSION = 1
+NO_OBJECT_ANSWER = "there is no such object"
+CAPTION_REQUEST = "Describe every object."
+
+
+@dataclass
+class Stage0Config:
+    """Settings of stage 0 (all of them are recorded in ``stage0.json``; changing one retrains).
+
+    Attributes:
+        scenes: synthetic training scenes generated once and sampled from (the main job's training split).
+        mllm_steps: optimizer steps of the multimodal-LM pretraining.
+        mllm_batch: examples per MLLM step.
+        mllm_lr: peak AdamW learning rate of the MLLM (linear warmup, cosine decay).
+        caption_share: share of MLLM examples that caption the whole scene (the rest answer an instruction).
+        mask_steps: optimizer steps of the Mask2Former pretraining.
+        mask_batch: images per Mask2Former step.
+        mask_lr: peak AdamW learning rate of Mask2Former.
+        select_layer: SigLIP hidden state the projector reads (the segmentation model's ``vision.select_layer``).
+    """
+
+    scenes: int = 2000
+    mllm_steps: int = 400
+    mllm_batch: int = 16
+    mllm_lr: float = 2e-3
+    caption_share: float = 0.3
+    mask_steps: int = 300
+    mask_batch: int = 8
+    mask_lr: float = 1e-3
+    select_layer: int = -2
+
+
+@dataclass
+class Scene:
+    """One synthetic record, decoded: frames, per-object visible masks and attributes, and its queries.
+
+    Attributes:
+        task: ``res`` | ``reasonseg`` | ``rvos`` | ``reasonvos``.
+        frames: ``T`` arrays ``(H, W, 3)`` uint8.
+        masks: object id → ``(T, H, W)`` bool visible masks.
+        objects: object id → ``{"shape", "colour", "size", "motion"}``.
+        queries: the record's queries (``text``, ``object_ids``, ``type``).
+        values: attribute → its possible values (:data:`PATCH_ATTRIBUTES` of the benchmark), for patch labels.
+    """
+
+    task: str
+    frames: list[np.ndarray]
+    masks: dict[str, np.ndarray]
+    objects: dict[str, dict[str, str]]
+    queries: list[dict[str, Any]]
+    values: dict[str, list[str]]
+
+    def patch_labels(self, frame: int, grid: int) -> torch.Tensor:
+        """``(grid * grid, len(PATCH_ATTRIBUTES))`` class of each attribute of the object under each patch centre;
+        the background is class ``len(values[attribute])``."""
+        labels = np.array([[len(self.values[a]) for a in PATCH_ATTRIBUTES]] * grid * grid)
+        for object_id in self.masks:
+            under = self._under_patch_centres(object_id, frame, grid)
+            labels[under] = [self.values[a].index(self.objects[object_id][a]) for a in PATCH_ATTRIBUTES]
+        return torch.from_numpy(labels)
+
+    def patch_mask(self, object_ids: list[str], frame: int, grid: int) -> torch.Tensor:
+        """``(grid * grid,)`` bool: patches whose centre lies on one of ``object_ids`` on ``frame``."""
+        on = np.zeros(grid * grid, dtype=bool)
+        for object_id in object_ids:
+            on |= self._under_patch_centres(object_id, frame, grid)
+        return torch.from_numpy(on)
+
+    def _under_patch_centres(self, object_id: str, frame: int, grid: int) -> np.ndarray:
+        """``(grid * grid,)`` bool, row-major: the object's visible mask at each patch centre."""
+        h, w = self.frames[frame].shape[:2]
+        ys = ((np.arange(grid) + 0.5) * h / grid).astype(int)
+        xs = ((np.arange(grid) + 0.5) * w / grid).astype(int)
+        return self.masks[object_id][frame][ys[:, None], xs[None, :]].reshape(-1)
+
+
+def synthetic_scenes(count: int, seed: int, image_size: int) -> list[Scene]:
+    """The first ``count`` records of the synthetic *training* split (same scenes as its shards), decoded.
+
+    ``datamodules`` is imported here only (the library does not depend on it otherwise): stage 0 is defined on the
+    synthetic benchmark's domain.
+    """
+    from datamodules.rle import decode_rle
+    from datamodules.synthetic import COLOURS, SHAPES, SIZES, SPLITS, TASK_CYCLE, generate_record
+
+    values = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}
+
+    scenes = []
+    for index in range(count):
+        task = TASK_CYCLE[index % len(TASK_CYCLE)]
+        meta, frames = generate_record(np.random.default_rng([seed, SPLITS["train"], index]), task, image_size)
+        objects = meta["objects"]
+        masks = {i: np.stack([decode_rle(r) for r in o["masks"]]) for i, o in objects.items()}
+        attrs = {i: {k: o[k] for k in ("shape", "colour", "size", "motion")} for i, o in objects.items()}
+        scenes.append(Scene(task, list(frames), masks, attrs, meta["queries"], values))
+    return scenes
+
+
+def position_words(mask: np.ndarray) -> str:
+    """Where a ``(H, W)`` mask's centre lies on a 3 x 3 grid: ``"at the top left"``, ``"in the middle"``, ..."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return "out of view"
+    h, w = mask.shape
+    row = ("top", "middle", "bottom")[min(int(3 * ys.mean() / h), 2)]
+    col = ("left", "middle", "right")[min(int(3 * xs.mean() / w), 2)]
+    if row == col == "middle":
+        return "in the middle"
+    if col == "middle":
+        return f"at the {row}"
+    if row == "middle":
+        return f"on the {col}"
+    return f"at the {row} {col}"
+
+
+def describe(scene: Scene, object_id: str, frame: int) -> str:
+    """``"the small red triangle at the top left"`` (+ ``" moving up"`` / ``" staying still"`` in videos)."""
+    o = scene.objects[object_id]
+    text = f"the {o['size']} {o['colour']} {o['shape']} {position_words(scene.masks[object_id][frame])}"
+    if scene.task in VIDEO_TASKS:
+        text += " staying still" if o["motion"] == "still" else f" moving {o['motion']}"
+    return text
+
+
+@dataclass
+class MLLMExample:
+    """One multimodal-LM example.
+
+    Attributes:
+        frames: the frames shown, key frame first.
+        before: prompt text before the frames' tokens.
+        after: prompt text after them, up to the end of the instruction.
+        answer: the answer text (after ``" ASSISTANT:"``).
+        patch_labels: ``(len(frames), N, len(PATCH_ATTRIBUTES))`` patch classes for the SigLIP tokens.
+        target_patches: ``(N,)`` bool, the key-frame patches on the instruction's target (all False: no target), or
+            ``None`` for a caption request.
+    """
+
+    frames: list[np.ndarray]
+    before: str
+    after: str
+    answer: str
+    patch_labels: torch.Tensor
+    target_patches: torch.Tensor | None
+
+
+ASSISTANT = " ASSISTANT:"
+
+
+def mllm_example(scene: Scene, rng: random.Random, caption_share: float, grid: int) -> MLLMExample:
+    """An instruction (answered with its target's description) or a caption request on one scene.
+
+    Images show their one frame; videos show a key frame and a second frame at least two frames away (motion is
+    visible from the displacement). Positions are those of the key frame; ``grid`` is SigLIP's patches per side.
+    """
+    num_frames = len(scene.frames)
+    key = rng.randrange(num_frames)
+    shown = [key]
+    if num_frames > 1:
+        shown.append(rng.choice([t for t in range(num_frames) if abs(t - key) >= 2]))
+    video = scene.task in VIDEO_TASKS
+    kind = "a video with reference frames" if video else "an image"
+    visible = [i for i in scene.objects if scene.masks[i][key].any()]
+    labels = torch.stack([scene.patch_labels(t, grid) for t in shown])
+    if rng.random() < caption_share or not scene.queries:
+        template, text, target_patches = TASK_TEMPLATES["vqa"], CAPTION_REQUEST, None
+        ordered = sorted(visible, key=lambda i: tuple(np.argwhere(scene.masks[i][key]).mean(0) // 16))
+        answer = "; ".join(describe(scene, i, key) for i in ordered)
+    else:
+        query = rng.choice(scene.queries)
+        template, text = TASK_TEMPLATES[scene.task], query["text"]
+        targets = [i for i in query["object_ids"] if i in visible]
+        answer = "; ".join(describe(scene, i, key) for i in targets) if targets else NO_OBJECT_ANSWER
+        target_patches = scene.patch_mask(targets, key, grid)
+    return MLLMExample(
+        frames=[scene.frames[t] for t in shown],
+        before=f"{SYSTEM_PROMPT} USER: This is {kind}",
+        after=f"\n{template} Text Prompt: {text}",
+        answer=f" {answer}",
+        patch_labels=labels,
+        target_patches=target_patches,
+    )
+
+
+class TinyMLLM(nn.Module):
+    """SigLIP + 2-layer GELU projector + causal LM, trained as a multimodal LM (LLaVA-style).
+
+    Three losses: next-token cross-entropy on the answers; per-patch attribute classification of the SigLIP tokens
+    (the tokens the segmentation model reads); and *pointing*, a region-text contrastive term: from the LM's last
+    hidden state at the end of the instruction and at ``"ASSISTANT:"``, a softmax over the key frame's image
+    positions (plus a "no object" slot) must put its mass on the target's patches. The heads are discarded after
+    stage 0.
+
+    Args:
+        siglip: a ``SiglipVisionModel``.
+        lm: a causal LM (``PhiForCausalLM``).
+        select_layer: SigLIP hidden state fed to the projector.
+        num_classes: classes per :data:`PATCH_ATTRIBUTES` entry (background included).
+    """
+
+    def __init__(self, siglip: nn.Module, lm: nn.Module, select_layer: int, num_classes: list[int]) -> None:
+        super().__init__()
+        from instructseg.modeling.vision import make_projector
+
+        self.siglip, self.lm, self.select_layer = siglip, lm, select_layer
+        width, dim = siglip.config.hidden_size, lm.config.hidden_size
+        self.projector = make_projector(width, dim)
+        self.patch_heads = nn.ModuleList(nn.Linear(width, n) for n in num_classes)
+        self.point_query, self.point_key = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.no_object_key = nn.Parameter(torch.zeros(dim))
+
+    def image_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(F, 3, S, S)`` SigLIP inputs → hidden state ``select_layer`` ``(F, N, C)`` and tokens ``(F, N, D)``."""
+        hidden = self.siglip(pixel_values, output_hidden_states=True).hidden_states[self.select_layer]
+        return hidden, self.projector(hidden)
+
+    def forward(self, examples: list[MLLMExample], tokenizer, image_size: int) -> dict[str, torch.Tensor]:
+        """``{"loss", "lm", "patch", "point", "point_acc"}`` on a batch of examples."""
+        frames = [f for ex in examples for f in ex.frames]
+        hidden, tokens = self.image_tokens(torch.stack([siglip_branch_input(f, image_size) for f in frames]))
+        labels_per_patch = torch.cat([ex.patch_labels for ex in examples])  # (F, N, A)
+        patch_loss = sum(
+            F.cross_entropy(head(hidden).flatten(0, 1), labels_per_patch[..., a].flatten())
+            for a, head in enumerate(self.patch_heads)
+        )
+        embed = self.lm.get_input_embeddings()
+        n = tokens.shape[1]
+        rows, labels, points, start = [], [], [], 0
+        for b, ex in enumerate(examples):
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (ex.before, ex.after, ASSISTANT)]
+            answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            image = tokens[start : start + len(ex.frames)].flatten(0, 1)  # (len(frames) * N, D)
+            start += len(ex.frames)
+            prompt = torch.cat([embed(torch.tensor(ids[0])), image, embed(torch.tensor(ids[1] + ids[2]))])
+            rows.append(torch.cat([prompt, embed(torch.tensor(answer))]))
+            labels.append(torch.tensor([-100] * len(prompt) + answer))
+            if ex.target_patches is not None:
+                end_of_instruction = len(prompt) - len(ids[2]) - 1
+                points.append((b, len(ids[0]), [end_of_instruction, len(prompt) - 1], ex.target_patches))
+        length = max(len(r) for r in rows)
+        inputs = torch.stack([F.pad(r, (0, 0, 0, length - len(r))) for r in rows])
+        mask = torch.stack([torch.arange(length) < len(r) for r in rows]).long()
+        targets = torch.stack([F.pad(t, (0, length - len(t)), value=-100) for t in labels])
+        out = self.lm(inputs_embeds=inputs, attention_mask=mask, labels=targets, output_hidden_states=True)
+        last = out.hidden_states[-1]  # (B, S, D)
+        point_loss, point_hits = last.new_zeros(()), []
+        for b, first_image, queries, target in points:
+            keys = self.point_key(last[b, first_image : first_image + n])  # (N, D) key-frame positions
+            keys = torch.cat([keys, self.no_object_key[None]])  # (N + 1, D)
+            logits = self.point_query(last[b, queries]) @ keys.T / keys.shape[-1] ** 0.5  # (2, N + 1)
+            wanted = torch.cat([target, torch.tensor([not target.any()])])  # (N + 1,)
+            point_loss = point_loss + (logits.logsumexp(-1) - logits[:, wanted].logsumexp(-1)).mean()
+            point_hits.append(wanted[logits[-1].argmax()].float())
+        point_loss = point_loss / max(len(points), 1)
+        accuracy = torch.stack(point_hits).mean() if point_hits else last.new_zeros(())
+        total = out.loss + patch_loss + point_loss
+        return {"loss": total, "lm": out.loss, "patch": patch_loss, "point": point_loss, "point_acc": accuracy}
+
+
+def log_line(line: str) -> None:
+    """Print one progress line and flush it (so that it shows in a log file as it happens)."""
+    print(line, flush=True)
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+
+def _train(
+    name: str,
+    params: list[nn.Parameter],
+    steps: int,
+    lr: float,
+    loss_fn: Callable[[int], dict[str, torch.Tensor]],
+    log: Callable[[str], None],
+    every: int = 50,
+) -> dict[str, float]:
+    """AdamW with warmup + cosine on ``loss_fn(step)["loss"]``; every ``every`` steps a progress line with the
+    running means (decay 0.9) of every entry of ``loss_fn``'s dict. Returns those running means at the end."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, steps, max(steps // 20, 1)))
+    start, running = time.perf_counter(), {}
+    for step in range(steps):
+        terms = loss_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        for key, value in terms.items():
+            value = float(value.detach())
+            running[key] = value if key not in running else 0.9 * running[key] + 0.1 * value
+        if (step + 1) % every == 0 or step + 1 == steps:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (step + 1) * (steps - step - 1)
+            shown = " ".join(f"{k} {v:.3f}" for k, v in running.items())
+            log(f"[stage 0] {name} step {step + 1}/{steps} {shown} ({elapsed:.0f} s, eta {eta:.0f} s)")
+    return running
+
+
+def pretrain_mllm(
+    siglip: nn.Module,
+    lm: nn.Module,
+    tokenizer,
+    scenes: list[Scene],
+    config: Stage0Config,
+    seed: int,
+    log: Callable[[str], None] = log_line,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Train SigLIP + projector + LM on ``scenes`` in place; returns the projector's state dict and the final running
+    means of the loss terms and the pointing accuracy."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    classes = [len(scenes[0].values[a]) + 1 for a in PATCH_ATTRIBUTES]
+    model = TinyMLLM(siglip, lm, config.select_layer, classes).train()
+    image_size = siglip.config.image_size
+    grid = image_size // siglip.config.patch_size
+
+    def loss_fn(step: int) -> dict[str, torch.Tensor]:
+        batch = [mllm_example(rng.choice(scenes), rng, config.caption_share, grid) for _ in range(config.mllm_batch)]
+        return model(batch, tokenizer, image_size)
+
+    final = _train("mllm", list(model.parameters()), config.mllm_steps, config.mllm_lr, loss_fn, log)
+    model.eval()
+    return {k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, final
+
+
+def pretrain_mask2former(
+    segmenter: nn.Module, scenes: list[Scene], config: Stage0Config, seed: int, log: Callable[[str], None] = log_line
+) -> dict[str, float]:
+    """Train a ``Mask2FormerForUniversalSegmentation`` (one class, "object") on every object's mask, in place.
+
+    A training image is a random frame of a random scene with the mask-branch preprocessing of the segmentation
+    model; its targets are the visible masks of the objects on that frame.
+    """
+    torch.manual_seed(seed)
+    rng = random.Random(seed + 1)
+    size = segmenter.config.backbone_config.image_size
+    segmenter.train()
+
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        scene = rng.choice(scenes)
+        t = rng.randrange(len(scene.frames))
+        masks = [m[t] for m in scene.masks.values() if m[t].any()]
+        return mask_branch_input(scene.frames[t], size)[0], torch.from_numpy(np.stack(masks)).float()
+
+    def loss_fn(step: int) -> dict[str, torch.Tensor]:
+        pixels, masks = zip(*(sample() for _ in range(config.mask_batch)))
+        labels = [torch.zeros(len(m), dtype=torch.long) for m in masks]
+        out = segmenter(pixel_values=torch.stack(pixels), mask_labels=list(masks), class_labels=labels)
+        return {"loss": out.loss}
+
+    final = _train("mask2former", list(segmenter.parameters()), config.mask_steps, config.mask_lr, loss_fn, log)
+    segmenter.eval()
+    return final
+
+
+def stage0_settings(seed: int, image_size: int, config: Stage0Config) -> dict[str, Any]:
+    """What ``stage0.json`` must hold for a directory to be reused."""
+    return {"format": FORMAT_VERSION, "seed": seed, "image_size": image_size, "config": asdict(config)}
+
+
+def is_valid_stage0(root: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``root`` holds a finished stage-0 run with exactly ``settings`` and loadable-looking parts."""
+    from instructseg.modeling.loading import PretrainedLoadError, check_pretrained_dir
+
+    marker = root / STAGE0_FILE
+    if not marker.is_file():
+        return False
+    try:
+        stored = json.loads(marker.read_text())
+        for part in ("siglip", "llm", "mask2former"):
+            check_pretrained_dir(str(root / part), part)
+    except (ValueError, PretrainedLoadError):
+        return False
+    return stored.get("settings") == settings and (root / "siglip" / PROJECTOR_FILE).is_file()
+
+
+def pretrain_tiny(
+    root: Path,
+    seed: int = 0,
+    image_size: int = 64,
+    config: Stage0Config | None = None,
+    log: Callable[[str], None] = log_line,
+) -> Path:
+    """Run stage 0 into ``root`` (written to ``root.tmp`` and renamed at the end); reuse ``root`` if it is valid.
+
+    Args:
+        root: output directory ``root/{siglip,llm,mask2former}`` + ``stage0.json``.
+        seed: seed of the scenes' order, the initial weights and every sampled batch.
+        image_size: input side of SigLIP and Swin (the synthetic scenes are rendered at this size).
+        config: stage-0 settings (default :class:`Stage0Config`).
+        log: progress printer (one line per call).
+
+    Returns:
+        ``root``.
+    """
+    from safetensors.torch import save_file
+
+    from instructseg.tiny import build_tiny_parts
+
+    config = config or Stage0Config()
+    root = Path(root)
+    settings = stage0_settings(seed, image_size, config)
+    if is_valid_stage0(root, settings):
+        log(f"[stage 0] reusing the pretrained tiny parts in {root} ({STAGE0_FILE} matches)")
+        return root
+    start = time.perf_counter()
+    log(f"[stage 0] generating {config.scenes} synthetic training scenes (seed {seed}, {image_size} px)")
+    scenes = synthetic_scenes(config.scenes, seed, image_size)
+    parts = build_tiny_parts(image_size=image_size, seed=seed, pretrained_sizes=True)
+    projector, mllm_loss = pretrain_mllm(parts.siglip, parts.llm, parts.tokenizer, scenes, config, seed, log)
+    mask_loss = pretrain_mask2former(parts.mask2former, scenes, config, seed, log)
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    parts.save(tmp)
+    save_file(projector, str(tmp / "siglip" / PROJECTOR_FILE))
+    seconds = time.perf_counter() - start
+    summary = {"settings": settings, "final": {"mllm": mllm_loss, "mask2former": mask_loss}, "seconds": seconds}
+    (tmp / STAGE0_FILE).write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    log(
+        f"[stage 0] wrote pretrained tiny parts to {root} in {seconds:.0f} s (final: mllm loss "
+        f"{mllm_loss['loss']:.3f}, pointing accuracy {mllm_loss['point_acc']:.3f}; mask2former loss "
+        f"{mask_loss['loss']:.3f})"
+    )
+    return root
