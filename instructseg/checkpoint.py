@@ -24,9 +24,12 @@ import torch
 from instructseg.config import InstructSegConfig, deep_update
 from instructseg.io import WeightsMismatchError, check_weights
 from instructseg.modeling.instructseg import InstructSeg
+from instructseg.modeling.loading import PretrainedLoadError
 
 CHECKPOINT_PREFIX = "model."
 CONFIG_KEY = "model_config"
+#: (section, key) of the three pretrained paths in a model config dict.
+PRETRAINED_KEYS = (("vision", "siglip_path"), ("llm", "path"), ("mask", "mask2former_path"))
 
 
 def trainable_state(model: InstructSeg, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -78,7 +81,7 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str
     if not path.is_file():
         raise FileNotFoundError(f"No training checkpoint at {path}.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: cheap to check
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError):
         raise ValueError(
             f"{path} is not a readable training checkpoint (it must be a .ckpt written by `instructseg fit`; it may be "
@@ -88,7 +91,9 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str
         hparams = dict(ckpt.get("hyper_parameters") or {})
         return dict(ckpt[CONFIG_KEY]), ckpt["state_dict"], hparams
     except (AttributeError, KeyError, TypeError):
-        raise ValueError(f"{path} is not an instructseg training checkpoint (needs state_dict and {CONFIG_KEY}).") from None
+        raise ValueError(
+            f"{path} is not an instructseg training checkpoint (needs state_dict and {CONFIG_KEY})."
+        ) from None
 
 
 def absolute_pretrained_paths(config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -97,35 +102,70 @@ def absolute_pretrained_paths(config_dict: dict[str, Any]) -> dict[str, Any]:
     Applied when a checkpoint is written, so that it loads from any working directory (hub ids stay as they are).
     """
     out = copy.deepcopy(config_dict)
-    for section, key in (("vision", "siglip_path"), ("llm", "path"), ("mask", "mask2former_path")):
+    for section, key in PRETRAINED_KEYS:
         value = out.get(section, {}).get(key)
         if value and Path(value).exists():
             out[section][key] = str(Path(value).resolve())
     return out
 
 
+def _paths_beside_checkpoint(config_dict: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """The config dict with each relative pretrained path that is missing here but exists beside the checkpoint (its
+    folder or the folder above, e.g. a run directory) made absolute there; hub ids and other paths stay."""
+    out = copy.deepcopy(config_dict)
+    for section, key in PRETRAINED_KEYS:
+        value = out.get(section, {}).get(key)
+        if not value or Path(value).is_absolute() or Path(value).exists():
+            continue
+        for base in (checkpoint.parent, checkpoint.parent.parent):
+            if (base / value).exists():
+                out[section][key] = str((base / value).resolve())
+                break
+    return out
+
+
 def _model_from_checkpoint(
-    path: str | Path, config_overrides: dict | None
+    path: str | Path, config_overrides: dict | None, pretrained_root: str | Path | None = None
 ) -> tuple[InstructSeg, dict[str, Any], dict[str, Any]]:
     config_dict, state, hparams = read_training_checkpoint(path)
-    config = InstructSegConfig.from_dict(deep_update(config_dict, config_overrides or {}))
-    model = InstructSeg.from_config(config)
+    merged = deep_update(_paths_beside_checkpoint(config_dict, Path(path)), config_overrides or {})
+    config = InstructSegConfig.from_dict(merged)
+    if pretrained_root is not None:
+        config = config.with_pretrained_root(pretrained_root)
+    try:
+        model = InstructSeg.from_config(config)
+    except PretrainedLoadError as err:
+        raise PretrainedLoadError(
+            f"{path}: the frozen parts are re-loaded from the checkpoint's pretrained paths, and one is missing on "
+            f"this machine ({err}). Pass pretrained_root=<folder with siglip/, llm/, mask2former/> "
+            "(CLI: --pretrained_root)."
+        ) from None
     load_trainable_weights(model, state, config_dict, str(path))
     return model.eval(), config_dict, hparams
 
 
-def load_training_checkpoint(path: str | Path, config_overrides: dict | None = None) -> InstructSeg:
+def load_training_checkpoint(
+    path: str | Path, config_overrides: dict | None = None, pretrained_root: str | Path | None = None
+) -> InstructSeg:
     """Build :meth:`InstructSeg.from_config` from a ``.ckpt``'s model config and load its trainable weights.
+
+    The frozen parts load from the stored pretrained paths (absolute since checkpoints store them so; an older
+    relative one is also looked up beside the checkpoint), unless ``pretrained_root`` is given.
 
     Args:
         path: Lightning checkpoint written by :class:`instructseg.lit_module.InstructSegModule`.
         config_overrides: nested dict merged into the stored config, e.g. ``{"llm": {"path": "/local/phi-2"}}``
             when the pretrained parts live elsewhere on this machine.
+        pretrained_root: a folder holding ``siglip/``, ``llm/`` and ``mask2former/`` that replaces the three stored
+            pretrained paths (a checkpoint copied to another machine).
 
     Returns:
         The model in ``eval()`` mode (LoRA not merged).
+
+    Raises:
+        PretrainedLoadError: a pretrained part is missing (the message says how to point at this machine's copy).
     """
-    return _model_from_checkpoint(path, config_overrides)[0]
+    return _model_from_checkpoint(path, config_overrides, pretrained_root)[0]
 
 
 def export_checkpoint(

@@ -133,7 +133,9 @@ class InstructSegPredictor:
         self.autocast_dtype: torch.dtype | None = None
         self.to(device, dtype or torch.float32)
 
-    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> InstructSegPredictor:
+    def to(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> InstructSegPredictor:
         """Move the model to ``device`` and / or run it in ``dtype`` (``None`` keeps the current one); returns self.
 
         Args:
@@ -160,7 +162,8 @@ class InstructSegPredictor:
         video = (
             is_video_path(inputs)
             if isinstance(inputs, (str, Path))
-            else isinstance(inputs, (list, tuple)) or (isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4)
+            else isinstance(inputs, (list, tuple))
+            or (isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4)
         )
         return (self.predict_video if video else self.predict_image)(inputs, text, **kwargs)
 
@@ -565,7 +568,7 @@ def _load_sam2(weights: str, device: str, dtype: torch.dtype | None) -> Sam2Trac
 
 
 def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``torch.float32`` / ``bfloat16`` / ``float16`` from the dtype or its name (``"bfloat16"``, ``"torch.float16"``)."""
+    """``torch.float32`` / ``bfloat16`` / ``float16`` from the dtype or its name (``"bfloat16"``)."""
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPE_NAMES:
         raise ValueError(f"dtype: expected one of {DTYPE_NAMES} (a name or the torch dtype), got {dtype!r}.")
@@ -579,7 +582,9 @@ def _check_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(f"device: {device!r} is not a device name (use cpu, cuda, cuda:1 or mps).") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r}: this torch ({torch.__version__}) has no usable CUDA device; use 'cpu'.")
+        raise ValueError(
+            f"device {str(device)!r}: this torch ({torch.__version__}) has no usable CUDA device; use 'cpu'."
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
     if dev.type == "mps" and not torch.backends.mps.is_available():
