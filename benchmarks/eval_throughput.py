@@ -12,12 +12,22 @@ prediction; "noise": 1 % of the pixels flipped everywhere, so boundaries cover t
 
 Prints one table with the ratios (reference time / instructseg time) and checks that all three give identical values.
 Each time is the best of ``--repeats`` passes over ``--frames`` frames; ``--threads`` sets OpenCV's thread count.
+
+Then evaluates the seeded tiny preset on ``--records`` synthetic validation records (made on the fly, all four tasks)
+with ``instructseg evaluate --devices 1`` and ``--devices 2`` (CPU, DDP on gloo; each rank gets cpu_count / devices
+threads) and prints records/s and the split of the per-record time between model, metrics and I/O (shard reading and
+frame / mask decoding plus output writing) for image and video records, and the 2-process speed-up. Records/s are
+steady-state rates from the records' finishing times (process start and model loading excluded); ``--records 0``
+skips this part.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,12 +100,86 @@ def boundary_rows(frames: int, repeats: int) -> list[list[str]]:
     return rows
 
 
-def evaluation_rows(args: argparse.Namespace) -> list[list[str]]:
-    """Records/s of image and video evaluation and the split of time between model, metrics and I/O.
+EVAL_HEADER = ["records", "processes", "count", "records/s", "model %", "metrics %", "I/O %", "speed-up"]
 
-    To be added with ``instructseg.evaluation`` (tiny preset, CPU); no rows yet.
+
+def _tiny_evaluation_inputs(root: Path, records: int) -> tuple[Path, Path]:
+    """``(export, data config)``: the seeded tiny preset and ``records`` synthetic validation records under root."""
+    import torch
+
+    from datamodules.synthetic import generate
+    from instructseg.config import InstructSegConfig
+    from instructseg.modeling.instructseg import InstructSeg
+    from instructseg.tiny import save_tiny_pretrained
+
+    config = InstructSegConfig.from_name("tiny").with_pretrained_root(save_tiny_pretrained(root / "tiny"))
+    torch.manual_seed(0)
+    export = InstructSeg.from_config(config).save_pretrained(root / "export")
+    generate(root / "synthetic", train=0, val=records, seed=0, size=64, records_per_shard=max(1, records // 4))
+    data = root / "data.yaml"
+    data.write_text(
+        json.dumps({"data": {"init_args": {"val": [{"name": "syn", "urls": str(root / "synthetic/val/*.tar")}]}}})
+    )
+    return export, data
+
+
+def _entries(out: Path) -> list[dict]:
+    """The per-record results of an evaluation (all ranks)."""
+    return [json.loads(line) for path in sorted((out / "progress").glob("rank-*.jsonl")) for line in path.open()]
+
+
+def _rate(entries: list[dict]) -> float:
+    """Steady-state records/s: per rank, (records - 1) over the span of their finishing times, summed over ranks."""
+    ranks: dict[str, list[float]] = {}
+    for entry in entries:
+        ranks.setdefault(entry["rank"], []).append(entry["finished"])
+    return sum((len(t) - 1) / (max(t) - min(t)) for t in ranks.values() if len(t) > 1 and max(t) > min(t))
+
+
+def _split_row(label: str, processes: int, entries: list[dict], rate: float, speedup: str) -> list[str]:
+    """One table row: records/s and the model / metrics / I/O percentages of the records' summed time."""
+    parts = {part: sum(e["seconds"][part] for e in entries) for part in ("read", "model", "metrics", "write")}
+    total = sum(parts.values())
+    shares = [parts["model"], parts["metrics"], parts["read"] + parts["write"]]
+    return [
+        label,
+        str(processes),
+        str(len(entries)),
+        f"{rate:.2f}",
+        *(f"{100 * x / total:.1f}" for x in shares),
+        speedup,
+    ]
+
+
+def evaluation_rows(args: argparse.Namespace) -> list[list[str]]:
+    """Records/s of image and video evaluation, the split of time between model, metrics and I/O, 1 vs 2 processes.
+
+    Image and video rates come from each record's own time (1 process); the "all" rows from finishing times.
     """
-    return []
+    if args.records < 1:
+        return []
+    from instructseg.constants import VIDEO_TASKS
+
+    rows, single = [], None
+    with tempfile.TemporaryDirectory(prefix="eval-throughput-") as tmp:
+        export, data = _tiny_evaluation_inputs(Path(tmp), args.records)
+        for processes in (1, 2):
+            out = Path(tmp) / f"out-{processes}"
+            command = [sys.executable, "-m", "instructseg.cli", "evaluate", "--model", str(export), "--data",
+                       str(data), "--out", str(out), "--overlays", "0", "--devices", str(processes)]  # fmt: skip
+            proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+            if proc.returncode:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+            entries = [e for e in _entries(out) if e["status"] == "scored"]
+            if processes == 1:
+                for label, video in (("image", False), ("video", True)):
+                    kind = [e for e in entries if (e["task"] in VIDEO_TASKS) == video]
+                    seconds = sum(sum(e["seconds"].values()) for e in kind)
+                    rows.append(_split_row(label, 1, kind, len(kind) / seconds, "–"))
+            rate = _rate(entries)
+            single = single or rate
+            rows.append(_split_row("all", processes, entries, rate, f"{rate / single:.2f}x"))
+    return rows
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -110,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=10, help="frames per resolution and mask kind")
     parser.add_argument("--repeats", type=int, default=3, help="passes; the best is reported")
     parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (cv2.setNumThreads)")
+    parser.add_argument("--records", type=int, default=48, help="synthetic records evaluated (0: skip)")
     args = parser.parse_args(argv)
     cv2.setNumThreads(args.threads)
     print(f"boundary F per frame, best of {args.repeats} x {args.frames} frames, OpenCV threads {args.threads}")
@@ -118,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     print_table([*header, "identical"], boundary_rows(args.frames, args.repeats))
     rows = evaluation_rows(args)
     if rows:
-        print_table(["task", "records/s", "model %", "metrics %", "I/O %"], rows)
+        print(f"\nevaluation of the tiny preset on CPU, {args.records} synthetic records (all four tasks)")
+        print_table(EVAL_HEADER, rows)
 
 
 if __name__ == "__main__":

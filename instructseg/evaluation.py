@@ -42,7 +42,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -292,12 +292,14 @@ class _Runner:
     submission: bool
     overlays: int
     options: MetricOptions
-    times: Counter[str] = field(default_factory=Counter)
+    rank: int = 0
 
     def run(self, work: _Work, read_seconds: float) -> dict[str, Any]:
-        """The JSONL entry of one record: status, per-query rows and metric states, seconds per part."""
+        """The JSONL entry of one record: status, per-query rows and metric states, seconds per part (:data:`TIMES`)
+        and the wall-clock time it finished (``finished``, seconds since the epoch)."""
         record, video = work.record, work.record.task in VIDEO_TASKS
-        entry: dict[str, Any] = {"uid": work.uid, "set": work.set_name, "task": record.task, "key": record.key}
+        entry: dict[str, Any] = {"uid": work.uid, "set": work.set_name, "task": record.task, "key": record.key,
+                                 "rank": self.rank}  # fmt: skip
         clock = time.perf_counter()
         annotated = has_annotations(record)
         try:
@@ -338,7 +340,7 @@ class _Runner:
             rows.append(row)
             seconds["write"] += time.perf_counter() - clock
         status = "scored" if annotated else "unannotated"
-        return {**entry, "status": status, "rows": rows, "states": states, "seconds": seconds}
+        return {**entry, "status": status, "rows": rows, "states": states, "seconds": seconds, "finished": time.time()}
 
     def _predict(self, record: Any, frames: list[np.ndarray]) -> list:
         texts = [q["text"] for q in record.queries]
@@ -490,7 +492,7 @@ def evaluate_sets(
     total = None if None in totals else sum(min(n, max_records or n) for n in totals)
     share = None if total is None else max(len(range(rank, total, world)) - len(done) // world, 0)
     bar = Progress(share, "evaluating" + (f" (rank 0 of {world})" if world > 1 else ""), enabled=progress and rank == 0)
-    runner = _Runner(predictor, out_dir, strategy, threshold, submission, overlays, options)
+    runner = _Runner(predictor, out_dir, strategy, threshold, submission, overlays, options, rank)
     counter, order = SkipCounter(), []
     with _open_log(folder / f"rank-{rank}.jsonl") as log:
         clock = time.perf_counter()
