@@ -29,6 +29,7 @@ from instructseg.constants import SPECIAL_TOKENS, TASKS
 from instructseg.losses import InstructSegCriterion
 from instructseg.metrics import ImageSegMetric
 from instructseg.modeling.instructseg import InstructSeg
+from instructseg.progress import ProgressLog
 
 
 PAPER_CONFIG = InstructSegConfig.from_name("instructseg-phi2")
@@ -116,6 +117,10 @@ class InstructSegModule(L.LightningModule):
                     f"vocabulary {len(data_tok)} vs {len(self.tokenizer)}; drop data.tokenizer_path so the data uses "
                     "the model's tokenizer."
                 )
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Progress lines in log files and a validation table (:class:`~instructseg.progress.ProgressLog`)."""
+        return [ProgressLog()]
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()

@@ -35,6 +35,7 @@ from jsonargparse import set_docstring_parse_options
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from instructseg.lit_module import InstructSegModule
+from instructseg.progress import quiet_expected_warnings
 
 logger = logging.getLogger("instructseg.train")
 
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None, run: bool = True) -> LightningCLI:
     argv = list(sys.argv[1:] if argv is None else argv)
     check_config_files(argv)
     set_docstring_parse_options(attribute_docstrings=True)
+    quiet_expected_warnings()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         return InstructSegCLI(
