@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures.release_layout import FULL, TINY, write_release  # noqa: E402
 from video_inference import PeakMemory, synthetic_video  # noqa: E402
 
-from instructseg.constants import STRATEGIES  # noqa: E402
-
 TEXT = "the red square moving to the right"
+STRATEGIES = ("naive", "per_frame", "shared")
 GIB = 2**30
 
 

@@ -218,7 +218,15 @@ def evaluate(
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and overlays in {out / 'overlays'}")
 
 
-def export(checkpoint: Path, out: Path, metrics: Path | None = None, overwrite: bool = False) -> None:
+def export(
+    checkpoint: Path,
+    out: Path,
+    metrics: Path | None = None,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    pretrained_root: Path | None = None,
+) -> None:
     """Merge LoRA into the LLM and write a self-contained export directory (atomic; a Hugging Face model card).
 
     Args:
@@ -226,9 +234,17 @@ def export(checkpoint: Path, out: Path, metrics: Path | None = None, overwrite: 
         out: export directory to write (an existing folder that is not an export is never replaced).
         metrics: metrics.json of an evaluation, shown in the model card.
         overwrite: replace an existing export at OUT.
+        push_to_hub: then upload the export to this Hugging Face Hub repo (org/name; token from `hf auth login`
+            or HF_TOKEN).
+        private: create the Hub repo as private.
+        pretrained_root: folder with siglip/, llm/, mask2former/ replacing the checkpoint's stored pretrained paths.
     """
     from instructseg.checkpoint import export_checkpoint
+    from instructseg.io import check_repo_id
+    from instructseg.io import push_to_hub as upload
 
+    if push_to_hub is not None:
+        check_repo_id(push_to_hub)
     values = None
     if metrics is not None:
         _check(metrics.is_file(), f"--metrics: no file at {metrics}.")
@@ -237,7 +253,10 @@ def export(checkpoint: Path, out: Path, metrics: Path | None = None, overwrite: 
         except json.JSONDecodeError as err:
             raise ValueError(f"--metrics: {metrics} is not valid JSON ({err}).") from None
         _check(isinstance(values, dict), f"--metrics: {metrics} must hold a JSON object of name -> value.")
-    print(f"exported to {export_checkpoint(checkpoint, out, values, overwrite=overwrite)}")
+    exported = export_checkpoint(checkpoint, out, values, overwrite=overwrite, pretrained_root=pretrained_root)
+    print(f"exported to {exported}")
+    if push_to_hub is not None:
+        print(f"uploaded to {upload(exported, push_to_hub, private=private)}")
 
 
 def synthetic(
