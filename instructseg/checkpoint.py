@@ -174,14 +174,16 @@ def export_checkpoint(
     metrics: dict | None = None,
     config_overrides: dict | None = None,
     overwrite: bool = False,
+    pretrained_root: str | Path | None = None,
 ) -> Path:
     """:func:`load_training_checkpoint`, then :meth:`InstructSeg.save_pretrained` with the run's hyper-parameters.
 
-    The destination is checked before the model is built (:func:`instructseg.io.check_export_destination`).
+    The destination is checked before the model is built (:func:`instructseg.io.check_export_destination`);
+    ``pretrained_root`` as in :func:`load_training_checkpoint`.
     """
     from instructseg.io import check_export_destination
 
     check_export_destination(out_dir, overwrite)
-    model, _, hparams = _model_from_checkpoint(checkpoint, config_overrides)
+    model, _, hparams = _model_from_checkpoint(checkpoint, config_overrides, pretrained_root)
     training_config = {k: v for k, v in hparams.items() if k not in ("model_config", "_instantiator")}
     return model.save_pretrained(out_dir, metrics=metrics, training_config=training_config, overwrite=overwrite)

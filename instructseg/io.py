@@ -300,8 +300,8 @@ def model_card(
         'video = predictor.predict_video("frames/", "the car turning right")  # .masks (T, H, W)',
         "```",
         "",
-        '`instructseg predict --model DIR --input IMAGE|VIDEO|FRAMES_DIR --text "..." --out OUT` does the same from the '
-        "command line.",
+        '`instructseg predict --model DIR --input IMAGE|VIDEO|FRAMES_DIR --text "..." --out OUT` does the same from '
+        "the command line.",
         "",
         "## Intended use and limitations",
         "",
@@ -330,3 +330,57 @@ def model_card(
         lines.append("Not recorded.")
     lines += ["", "## Model configuration", "", "```json", json.dumps(config.to_dict(), indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Raise ``ValueError`` unless ``repo_id`` is a Hub model repo id ``org/name``."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        valid = repo_id.count("/") == 1
+    except HFValidationError:
+        valid = False
+    if not valid:
+        raise ValueError(f"--push_to_hub: expected a Hugging Face Hub repo id org/name, got {repo_id!r}.")
+
+
+def push_to_hub(
+    export_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None, commit_message: str = ""
+) -> str:
+    """Upload an export directory to the Hugging Face Hub (``HfApi().create_repo`` + ``upload_folder``).
+
+    Args:
+        export_dir: a complete export (checked with :func:`read_export_config` before any network access).
+        repo_id: ``org/name`` of the model repo (created if it does not exist).
+        private: create the repo as private.
+        token: a Hub token (default: the logged-in one, ``HF_TOKEN``).
+        commit_message: the upload's commit message (default names the preset).
+
+    Returns:
+        The URL of the upload commit.
+
+    Raises:
+        ExportFormatError: ``export_dir`` is not a complete export.
+        ValueError: ``repo_id`` is not ``org/name``.
+        OSError: the Hub refused the upload (one line with the Hub's reason).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    config = read_export_config(export_dir)
+    check_repo_id(repo_id)
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(export_dir),
+            repo_type="model",
+            commit_message=commit_message or f"Upload instructseg export ({config.name} preset)",
+        )
+    except HfHubHTTPError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"Upload of {export_dir} to the Hub repo {repo_id!r} failed: {first_line}") from None
+    return str(getattr(commit, "commit_url", commit))
