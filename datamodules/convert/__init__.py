@@ -14,6 +14,7 @@ refdavis       same layout (Ref-DAVIS17)
 mevis          ``meta_expressions.json`` + ``mask_dict.json`` + JPEGImages   one per video, query per expression
 revos          ``meta_expressions_<split>_.json`` + ``mask_dict*.json``      one per video, query per expression
 llava          LLaVA-Instruct conversation JSON + images                   one per image, query per turn pair
+folder         your own data: images/ or videos/, masks/ PNGs, queries.jsonl  one per image / video and task
 =============  ==========================================================  =====================================
 
 The shards of split ``<split>`` are ``<shard dir>/<name>-<split>-NNNNNN.tar`` (six digits from ``000000``; e.g.
@@ -26,6 +27,7 @@ helpers for reading the official inputs and :mod:`.runner` the resumable shard r
 """
 
 from .base import Converter, ConvertError
+from .folder import FolderConverter
 from .llava import LLaVAConverter
 from .mevis import MeViSConverter
 from .reasonseg import ReasonSegConverter
@@ -47,6 +49,7 @@ CONVERTERS: dict[str, type[Converter]] = {
         MeViSConverter,
         ReVOSConverter,
         LLaVAConverter,
+        FolderConverter,
     )
 }
 
@@ -54,6 +57,7 @@ __all__ = [
     "CONVERTERS",
     "ConvertError",
     "Converter",
+    "FolderConverter",
     "LLaVAConverter",
     "MeViSConverter",
     "ReVOSConverter",
