@@ -592,8 +592,9 @@ def build_skeleton(parts: dict, tokenizer) -> torch.nn.Module:
     from instructseg.modeling.instructseg import InstructSeg
     from instructseg.processing import add_instructseg_tokens
 
-    ids = dict(zip(SPECIAL_TOKENS, add_instructseg_tokens(tokenizer))) if tokenizer is not None else None
-    if ids is None:  # key checks without a tokenizer: [SEG] right after the base vocabulary, as in the release
+    if tokenizer is not None:
+        ids = dict(zip(SPECIAL_TOKENS, add_instructseg_tokens(tokenizer)))
+    else:  # key checks without a tokenizer: [SEG] is the release's last row, the placeholders follow it
         seg = parts["embed_rows"] - 1
         ids = {t: seg + 1 + i for i, t in enumerate(SPECIAL_TOKENS[:-1])} | {SEG_ANSWER_TOKEN: seg}
     with torch.device("meta"):
