@@ -40,11 +40,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from instructseg.config import InstructSegConfig
 from instructseg.constants import SEG_ANSWER_TOKEN, SPECIAL_TOKENS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from instructseg.modeling.instructseg import InstructSeg
 
 RELEASE_MODEL_TYPE = "mipha_phi"
 CONFIG_NAME = "config.json"
@@ -558,7 +564,7 @@ def build_part_configs(config: dict, sources: dict[str, TensorInfo]) -> dict:
     return {"siglip": siglip, "llm": phi, "mask2former": mask2former, "model": model, "embed_rows": embed_rows}
 
 
-def load_release_tokenizer(src: Path, embed_rows: int):
+def load_release_tokenizer(src: Path, embed_rows: int) -> PreTrainedTokenizerBase:
     """The release's tokenizer (its files only, so ``config.json``'s custom model type is never consulted).
 
     Raises:
@@ -585,7 +591,7 @@ def load_release_tokenizer(src: Path, embed_rows: int):
     return tokenizer
 
 
-def build_skeleton(parts: dict, tokenizer) -> torch.nn.Module:
+def build_skeleton(parts: dict, tokenizer: PreTrainedTokenizerBase | None = None) -> InstructSeg:
     """Our model for the part configs on the ``meta`` device (no memory), LoRA merged, official profile."""
     from transformers import Mask2FormerModel, PhiForCausalLM, SiglipVisionModel
 
