@@ -14,17 +14,18 @@ Prints one table with the ratios (reference time / instructseg time) and checks 
 Each time is the best of ``--repeats`` passes over ``--frames`` frames; ``--threads`` sets OpenCV's thread count.
 
 Then evaluates the seeded tiny preset on ``--records`` synthetic validation records (made on the fly, all four tasks)
-with ``instructseg evaluate --devices 1`` and ``--devices 2`` (CPU, DDP on gloo; each rank gets cpu_count / devices
-threads) and prints records/s and the split of the per-record time between model, metrics and I/O (shard reading and
-frame / mask decoding plus output writing) for image and video records, and the 2-process speed-up. Records/s are
-steady-state rates from the records' finishing times (process start and model loading excluded); ``--records 0``
-skips this part.
+with ``instructseg evaluate --devices 1`` and ``--devices 2`` (CPU, DDP on gloo; ``--eval-threads`` torch threads per
+process, 1 by default, so the speed-up measures the sharing of records, not thread contention) and prints records/s
+and the split of the per-record time between model, metrics and I/O (shard reading and frame / mask decoding plus
+output writing) for image and video records, and the 2-process speed-up. Records/s are steady-state rates from the
+records' finishing times (process start and model loading excluded); ``--records 0`` skips this part.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -167,7 +168,8 @@ def evaluation_rows(args: argparse.Namespace) -> list[list[str]]:
             out = Path(tmp) / f"out-{processes}"
             command = [sys.executable, "-m", "instructseg.cli", "evaluate", "--model", str(export), "--data",
                        str(data), "--out", str(out), "--overlays", "0", "--devices", str(processes)]  # fmt: skip
-            proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.eval_threads)}
+            proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp, env=env)
             if proc.returncode:
                 raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
             entries = [e for e in _entries(out) if e["status"] == "scored"]
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="passes; the best is reported")
     parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (cv2.setNumThreads)")
     parser.add_argument("--records", type=int, default=48, help="synthetic records evaluated (0: skip)")
+    parser.add_argument("--eval-threads", type=int, default=1, help="torch threads of each evaluation process")
     args = parser.parse_args(argv)
     cv2.setNumThreads(args.threads)
     print(f"boundary F per frame, best of {args.repeats} x {args.frames} frames, OpenCV threads {args.threads}")

@@ -588,7 +588,8 @@ def evaluate_model(
     """Load ``model`` on each of ``devices`` processes and run :func:`evaluate_sets` on ``data``'s val sets.
 
     ``devices > 1`` launches the other ranks through Lightning Fabric (DDP; gloo on CPU, NCCL on CUDA) by running the
-    same command again; on CPU each rank uses ``cpu_count // devices`` threads. The shard URLs are checked before.
+    same command again; on CPU each rank uses ``cpu_count // devices`` threads unless ``OMP_NUM_THREADS`` is set.
+    The shard URLs are checked before anything starts.
 
     Args:
         model: export directory, training .ckpt or Hugging Face Hub id.
@@ -616,7 +617,7 @@ def evaluate_model(
         accelerator=kind, devices=[int(index)] if index else devices, strategy="ddp" if devices > 1 else "auto"
     )
     fabric.launch()
-    if kind == "cpu" and devices > 1:
+    if kind == "cpu" and devices > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // devices))
     predictor = InstructSegPredictor.from_pretrained(model, device=fabric.device, dtype=dtype)
     identity = {"model": str(model), "dtype": str(dtype)}
