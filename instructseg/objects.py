@@ -4,8 +4,9 @@ Legend: B samples (frames), Q mask queries, K = ``max_objects``, h x w decoder r
 
 :func:`select_objects` generalises :meth:`InstructSeg.select`: queries are ranked by the same number
 (``sigmoid(s_q)`` x mean in-mask probability); slot 0 is always the query ``select`` picks (so ``max_objects=1`` is
-exactly ``select``), slots 1.. take the next ranked queries whose score reaches the threshold and whose mask overlaps
-every kept mask by less than ``overlap`` (mask IoU at decoder resolution, greedy non-maximum suppression).
+exactly ``select``), slots 1.. take the next ranked queries whose score reaches the threshold, whose mask is not empty
+and overlaps every kept mask by less than ``overlap`` (mask IoU at decoder resolution, greedy non-maximum
+suppression).
 
 In videos, objects are ranked per frame (slot j of frame t is that frame's j-th object); a tracker keeps each
 key-frame object's identity instead. :class:`VideoCollector` gathers the slots frame by frame; a prediction's
@@ -101,7 +102,9 @@ def select_objects(
         for q in order[row, 1:].tolist():
             if len(kept) == k:
                 break
-            if scores[row, q] >= threshold and all(iou[q, j] < overlap for j in kept if scores[row, j] >= threshold):
+            if scores[row, q] < threshold or not fg[row, q].any():
+                continue
+            if all(iou[q, j] < overlap for j in kept if scores[row, j] >= threshold):
                 kept.append(q)
         query[row, : len(kept)] = torch.tensor(kept, device=logits.device)
     rows = torch.arange(b, device=logits.device)[:, None]
