@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,28 @@ EXIT_BAD_INPUT = 2
 DTYPES = ("float32", "bfloat16", "float16")
 #: Subcommands handled by another parser (argv is forwarded as is).
 FORWARDED = ("fit", "validate", "convert")
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+
+
+def _role_text(match: re.Match) -> str:
+    tilde, inner = match.groups()
+    if "<" in inner:
+        return inner.split("<")[0].strip()
+    return inner.split(".")[-1] if tilde else inner
+
+
+def plain_help(text: str) -> str:
+    """``text`` without reStructuredText markup (for ``--help``): a literal loses its double backquotes, a role
+    such as ``:class:`~a.B``` becomes ``B`` (``a.B`` without the ``~``, the text of ``:ref:`text <target>```), a
+    literal-block ``::`` at the end of a line becomes ``:``."""
+    text = re.sub(r"::$", ":", text, flags=re.MULTILINE)
+    return _LITERAL.sub(r"\1", _ROLE.sub(_role_text, text))
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(message).split())
 
 
 def _check(condition: bool, message: str) -> None:

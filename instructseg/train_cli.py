@@ -24,7 +24,6 @@ silently dropped. A checkpoint of another architecture is refused.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ import yaml
 from jsonargparse import set_docstring_parse_options
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from instructseg.cli import EXIT_BAD_INPUT, one_line, plain_help
 from instructseg.lit_module import InstructSegModule
 from instructseg.progress import quiet_expected_warnings
 
@@ -51,27 +51,6 @@ DATA_MINIMUMS = {"batch_size": 1, "epoch_length": 1, "num_workers": 0}
 OPTIMIZER_STATE_OPTIONS = ("learning_rate", "weight_decay")
 #: ``--ckpt_path`` values Lightning resolves itself (no file to check).
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
-EXIT_BAD_INPUT = 2
-_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
-_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
-
-
-def _role_text(match: re.Match) -> str:
-    tilde, inner = match.groups()
-    if "<" in inner:
-        return inner.split("<")[0].strip()
-    return inner.split(".")[-1] if tilde else inner
-
-
-def plain_help(text: str) -> str:
-    """``text`` without reStructuredText markup: a literal loses its double backquotes, a role such as
-    ``:class:`~a.B``` becomes ``B`` (``a.B`` without the ``~``, the text of ``:ref:`text <target>```)."""
-    return _LITERAL.sub(r"\1", _ROLE.sub(_role_text, text))
-
-
-def one_line(message: str) -> str:
-    """``message`` on one line (whitespace runs, newlines included, become one space)."""
-    return " ".join(str(message).split())
 
 
 class OneLineErrorParser(LightningArgumentParser):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from instructseg.cli import plain_help
+
 from . import CONVERTERS
 from .base import ConvertError
 from .runner import convert_dataset
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, converter in CONVERTERS.items():
         sub = commands.add_parser(
             name,
-            description=sys.modules[converter.__module__].__doc__,
+            description=plain_help(sys.modules[converter.__module__].__doc__ or ""),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             help=(converter.__doc__ or "").split("\n")[0],
         )
