@@ -47,6 +47,11 @@ from instructseg.constants import (
     VIDEO_TASKS,
 )
 
+#: Pillow's box reduction before the filter for large downscales (this project's profile; see the module docstring).
+REDUCING_GAP = 3.0
+#: Raw pixel value of the mask-branch padding in the released code (detectron2's FixedSizeCrop pad value).
+OFFICIAL_PAD_VALUE = 128.0
+
 SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -138,27 +143,37 @@ def longest_side_size(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def mask_branch_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def mask_branch_input(image: np.ndarray, size: int, official: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
     """Resize the longest side to ``size``, normalise and pad.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         size: output side ``S``.
+        official: the released code's rule: resize without ``reducing_gap`` and pad the raw pixels with 128 before
+            normalising (padded pixels become ``(128 - mean) / std``); otherwise the padding is 0 after normalising.
 
     Returns:
         ``(3, S, S)`` float tensor and the valid (unpadded) ``(h, w)`` region.
     """
     h, w = longest_side_size(image.shape[0], image.shape[1], size)
-    resized = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR, reducing_gap=3.0))
-    pixels = _normalize(torch.from_numpy(resized).permute(2, 0, 1).float(), MASK_PIXEL_MEAN, MASK_PIXEL_STD)
+    gap = None if official else REDUCING_GAP
+    resized = torch.from_numpy(np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR, reducing_gap=gap)))
+    if official:
+        raw = torch.full((3, size, size), OFFICIAL_PAD_VALUE)
+        raw[:, :h, :w] = resized.permute(2, 0, 1).float()
+        return _normalize(raw, MASK_PIXEL_MEAN, MASK_PIXEL_STD), (h, w)
     out = torch.zeros(3, size, size)
-    out[:, :h, :w] = pixels
+    out[:, :h, :w] = _normalize(resized.permute(2, 0, 1).float(), MASK_PIXEL_MEAN, MASK_PIXEL_STD)
     return out, (h, w)
 
 
-def siglip_branch_input(image: np.ndarray, size: int) -> torch.Tensor:
-    """Plain resize to ``size x size`` and SigLIP normalisation: ``(H, W, 3)`` uint8 → ``(3, S, S)`` float."""
-    resized = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC, reducing_gap=3.0))
+def siglip_branch_input(image: np.ndarray, size: int, official: bool = False) -> torch.Tensor:
+    """Plain resize to ``size x size`` and SigLIP normalisation: ``(H, W, 3)`` uint8 → ``(3, S, S)`` float.
+
+    ``official``: resize without ``reducing_gap``, as the released code.
+    """
+    gap = None if official else REDUCING_GAP
+    resized = np.array(Image.fromarray(image).resize((size, size), Image.BICUBIC, reducing_gap=gap))
     pixels = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
     return _normalize(pixels, SIGLIP_PIXEL_MEAN, SIGLIP_PIXEL_STD)
 
@@ -186,14 +201,24 @@ class FrameProcessor:
         cache: keep every decoded frame and prepared input (a training record whose queries share frames); off for
             long videos, where the caller keeps what it needs.
         workers: threads used by :meth:`__call__`.
+        official: the released code's resizing and padding (``config.profile == "official"``; see
+            :func:`mask_branch_input`).
 
     Attributes:
         hw: ``(H, W)`` of the frames (set by the first prepared frame; every frame must have it).
         valid_hw: the unpadded ``(h, w)`` of a frame inside the ``S x S`` mask-branch input.
     """
 
-    def __init__(self, frames: Any, siglip_size: int, mask_size: int, cache: bool = False, workers: int = 1) -> None:
-        self.frames, self.siglip_size, self.mask_size = frames, siglip_size, mask_size
+    def __init__(
+        self,
+        frames: Any,
+        siglip_size: int,
+        mask_size: int,
+        cache: bool = False,
+        workers: int = 1,
+        official: bool = False,
+    ) -> None:
+        self.frames, self.siglip_size, self.mask_size, self.official = frames, siglip_size, mask_size, official
         self.cache, self.workers = cache, max(1, workers)
         self.hw: tuple[int, int] | None = None
         self.valid_hw: tuple[int, int] | None = None
@@ -232,11 +257,11 @@ class FrameProcessor:
 
     def siglip_input(self, index: int) -> torch.Tensor:
         """``(3, S_c, S_c)`` SigLIP input of frame ``index``."""
-        return self._cached(self._siglip, index, lambda f: siglip_branch_input(f, self.siglip_size))
+        return self._cached(self._siglip, index, lambda f: siglip_branch_input(f, self.siglip_size, self.official))
 
     def mask_input(self, index: int) -> torch.Tensor:
         """``(3, S, S)`` mask-branch input of frame ``index`` (its valid region is :attr:`valid_hw`)."""
-        return self._cached(self._mask, index, lambda f: mask_branch_input(f, self.mask_size)[0])
+        return self._cached(self._mask, index, lambda f: mask_branch_input(f, self.mask_size, self.official)[0])
 
     def __call__(
         self, indices: Sequence[int], siglip: bool = True, mask: bool = True
@@ -361,6 +386,65 @@ def tokenize_query(
         input_ids=torch.tensor(input_ids, dtype=torch.long),
         instruction_mask=torch.tensor(instruction_mask, dtype=torch.bool),
         labels=torch.tensor(labels, dtype=torch.long),
+    )
+
+
+#: Segmentation-task names in the released code's prompts.
+OFFICIAL_TASK_NAMES = {"res": "Referring", "reasonseg": "Reasoning", "rvos": "Referring", "reasonvos": "Reasoning"}
+#: Marks the ``<refer>`` span (instruction tokens + ``[SEG]``) in :func:`official_prompt_chunks`.
+REFER_SPAN = None
+
+
+def official_prompt_chunks(task: str, explanation: str | None = None) -> list[str | None]:
+    """The released code's ``conv_phi_v0`` prompt, cut where its tokenizer cuts (each string is tokenized alone).
+
+    ``SYSTEM USER: <human> ASSISTANT: <gpt>`` with, for images, human = ``This is an image <temporal>\n<image>\n,
+    please doing {Referring|Reasoning} Segmentation according to the following instruction:\n<refer>`` (ReasonSeg
+    with an explanation: ``... instruction and explain why:\n<refer>``) and gpt = ``\nSure, the segmentation result
+    is [SEG]<seg>`` (``<explanation>[SEG]``); videos say ``There are reference frames and key frame <temporal>\n<image>
+    \n. Please doing ... instruction.\nThis is all the instruction: <refer>\n``. The trailing ``<|endoftext|>`` is
+    masked out of the attention in the released code and left out here. Placeholders are our tokens (``<ovp>`` for
+    ``<temporal>``); :data:`REFER_SPAN` (None) marks the span.
+    """
+    if task not in OFFICIAL_TASK_NAMES:
+        raise ValueError(f"task: the official prompt exists for {sorted(OFFICIAL_TASK_NAMES)}, got {task!r}.")
+    name = OFFICIAL_TASK_NAMES[task]
+    if task in VIDEO_TASKS:
+        head = f"{SYSTEM_PROMPT} USER: There are reference frames and key frame "
+        ask = f"\n. Please doing {name} Segmentation according to the following instruction.\nThis is all the instruction: "
+        answer_head = "\n ASSISTANT: "
+    else:
+        head = f"{SYSTEM_PROMPT} USER: This is an image "
+        why = " and explain why" if explanation else ""
+        ask = f"\n, please doing {name} Segmentation according to the following instruction{why}:\n"
+        answer_head = " ASSISTANT: "
+    answer = f"{answer_head}\nSure, the segmentation result is {explanation or ''}{SEG_ANSWER_TOKEN}"
+    return [head, OVP_TOKEN, "\n", IMAGE_TOKEN, ask, REFER_SPAN, answer, SEG_QUERY_TOKEN]
+
+
+def tokenize_official_query(tokenizer, task: str, instruction: str, explanation: str | None = None) -> TokenizedQuery:
+    """Tokenize one query exactly as the released code does (:func:`official_prompt_chunks`), for inference.
+
+    The ``<refer>`` span is ``tokenizer.encode(instruction) + [SEG]``; ``instruction_mask`` covers those L + 1 tokens
+    (they feed the OVP text input and the global / detailed text embeddings, as in the released code).
+    """
+    build_prompt_parts(task, instruction, explanation)  # the same checks: task, empty text, reserved placeholders
+    input_ids: list[int] = []
+    instruction_mask: list[int] = []
+    for chunk in official_prompt_chunks(task, explanation):
+        if chunk is REFER_SPAN:
+            ids = tokenizer(instruction.strip(), add_special_tokens=False)["input_ids"]
+            ids = ids + tokenizer.convert_tokens_to_ids([SEG_ANSWER_TOKEN])
+        elif chunk in SPECIAL_TOKENS:
+            ids = tokenizer.convert_tokens_to_ids([chunk])
+        else:
+            ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        instruction_mask += [int(chunk is REFER_SPAN)] * len(ids)
+    return TokenizedQuery(
+        input_ids=torch.tensor(input_ids, dtype=torch.long),
+        instruction_mask=torch.tensor(instruction_mask, dtype=torch.bool),
+        labels=torch.full((len(input_ids),), IGNORE_INDEX, dtype=torch.long),
     )
 
 

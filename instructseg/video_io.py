@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from instructseg.processing import InputError, to_rgb_uint8
 
@@ -68,7 +68,7 @@ def _open_image_file(path: Path) -> Image.Image:
     try:
         with Image.open(path) as opened:
             opened.load()
-            return opened.copy()
+            return ImageOps.exif_transpose(opened)  # a copy, upright as the camera's EXIF orientation says
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise InputError(f"Cannot read {path} as an image: {err}") from None
 

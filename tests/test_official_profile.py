@@ -1,0 +1,85 @@
+"""The official profile's preprocessing, each against a direct statement of the released code's rule."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instructseg.constants import IMAGE_TOKEN, MASK_PIXEL_MEAN, MASK_PIXEL_STD, OVP_TOKEN, SEG_ANSWER_TOKEN, SEG_QUERY_TOKEN
+from instructseg.processing import SYSTEM_PROMPT, add_instructseg_tokens, mask_branch_input, tokenize_official_query
+from instructseg.tiny import build_tiny_tokenizer
+
+# Transcribed from the reference (§1.2): conv_phi_v0 and the per-task human / gpt strings of InstructSegDatasets.py.
+HUMAN = {
+    "res": "This is an image <temporal>\n<image>\n, please doing Referring Segmentation according to the following "
+    "instruction:\n<refer>",
+    "reasonseg": "This is an image <temporal>\n<image>\n, please doing Reasoning Segmentation according to the "
+    "following instruction:\n<refer>",
+    "reasonseg+why": "This is an image <temporal>\n<image>\n, please doing Reasoning Segmentation according to the "
+    "following instruction and explain why:\n<refer>",
+    "rvos": "There are reference frames and key frame <temporal>\n<image>\n. Please doing Referring Segmentation "
+    "according to the following instruction.\nThis is all the instruction: <refer>\n",
+    "reasonvos": "There are reference frames and key frame <temporal>\n<image>\n. Please doing Reasoning "
+    "Segmentation according to the following instruction.\nThis is all the instruction: <refer>\n",
+}
+
+
+def expected_ids(tokenizer, key: str, instruction: str, explanation: str = "") -> tuple[list[int], list[int]]:
+    """The released code's ids: the whole conversation string split on its placeholders, chunks tokenized alone."""
+    gpt = "\nSure, the segmentation result is " + explanation + "[SEG]<seg>"
+    prompt = SYSTEM_PROMPT + " " + "USER: " + HUMAN[key] + " " + "ASSISTANT: " + gpt + "<|endoftext|>"
+    ids, span = [], []
+    for chunk in re.split(r"(<image>|<seg>|<refer>|<temporal>)", prompt):
+        if chunk == "<temporal>":
+            new = [tokenizer.convert_tokens_to_ids(OVP_TOKEN)]
+        elif chunk == "<image>":
+            new = [tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)]
+        elif chunk == "<seg>":
+            new = [tokenizer.convert_tokens_to_ids(SEG_QUERY_TOKEN)]
+        elif chunk == "<refer>":
+            new = tokenizer.encode(instruction) + [tokenizer.convert_tokens_to_ids(SEG_ANSWER_TOKEN)]
+        elif chunk in ("", "<|endoftext|>"):  # the final eos is masked out of the attention: no effect
+            new = []
+        else:
+            new = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        span += [int(chunk == "<refer>")] * len(new)
+        ids += new
+    return ids, span
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = build_tiny_tokenizer()
+    add_instructseg_tokens(tok)
+    return tok
+
+
+@pytest.mark.parametrize(
+    ("key", "task", "explanation"),
+    [("res", "res", None), ("reasonseg", "reasonseg", None), ("reasonseg+why", "reasonseg", "It is round. "),
+     ("rvos", "rvos", None), ("reasonvos", "reasonvos", None)],
+)
+def test_official_prompt_matches_the_released_chunking_token_for_token(tokenizer, key, task, explanation):
+    instruction = "the small red circle on the left"
+    ids, span = expected_ids(tokenizer, key, instruction, explanation or "")
+    got = tokenize_official_query(tokenizer, task, instruction, explanation)
+    assert got.input_ids.tolist() == ids
+    assert got.instruction_mask.int().tolist() == span
+    assert int(got.instruction_mask.sum()) == len(tokenizer.encode(instruction)) + 1  # instruction + [SEG]
+
+
+def test_official_padding_is_128_before_normalising():
+    image = np.random.default_rng(0).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    out, (h, w) = mask_branch_input(image, 64, official=True)
+    assert (h, w) == (32, 64)
+    mean, std = torch.tensor(MASK_PIXEL_MEAN)[:, None, None], torch.tensor(MASK_PIXEL_STD)[:, None, None]
+    raw = np.full((64, 64, 3), 128.0)
+    raw[:32] = np.asarray(Image.fromarray(image).resize((64, 32), Image.BILINEAR), dtype=np.float64)
+    expected = (torch.from_numpy(raw).permute(2, 0, 1).float() - mean) / std
+    torch.testing.assert_close(out, expected)
+    ours, _ = mask_branch_input(image, 64)
+    assert torch.all(ours[:, 32:] == 0) and not torch.allclose(out[:, 32:], ours[:, 32:])
