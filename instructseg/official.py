@@ -734,3 +734,38 @@ def convert_official(
     if not quiet:
         print(_summary(steps, sources, len(shapes), time.perf_counter() - start))
     return out
+
+
+def is_release_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory holding the release's ``config.json`` (``model_type: mipha_phi``)."""
+    try:
+        return json.loads((Path(path) / CONFIG_NAME).read_text()).get("model_type") == RELEASE_MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def converted_cache_dir(src: Path, dtype: str = "float32") -> Path:
+    """Where :func:`cached_export` keeps the conversion of release ``src``: ``$INSTRUCSEG_CACHE`` (default
+    ``~/.cache/instructseg``) ``/official/<name>-<fingerprint>-<dtype>``; the fingerprint covers the resolved path and
+    the size and mtime of every weight file, so a changed release converts again."""
+    import hashlib
+    import os
+
+    src = Path(src).resolve()
+    digest = hashlib.sha256(str(src).encode())
+    for file in sorted(src.glob("*.safetensors")):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(os.environ.get("INSTRUCSEG_CACHE", Path.home() / ".cache" / "instructseg")).expanduser()
+    return root / "official" / f"{src.name}-{digest.hexdigest()[:12]}-{dtype}"
+
+
+def cached_export(src: Path, dtype: str = "float32") -> Path:
+    """The export of release ``src``, converted on first use into :func:`converted_cache_dir` and reused after."""
+    from instructseg.io import is_export_dir
+
+    out = converted_cache_dir(src, dtype)
+    if not is_export_dir(out):
+        print(f"converting the released checkpoint {src} into {out} (once)", flush=True)
+        convert_official(Path(src), out, dtype=dtype, overwrite=out.exists())
+    return out

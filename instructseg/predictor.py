@@ -77,20 +77,49 @@ TRACKED_STRATEGIES = ("keyframe", "segments")
 
 
 @dataclass
+class Candidate:
+    """One decoder query's answer to an instruction (``predict_image(..., return_candidates=True)``).
+
+    Attributes:
+        query: the decoder query index.
+        score: its sigmoid score.
+        mask: ``(H, W)`` bool at the original resolution (mask probability above 0.5).
+        probabilities: ``(H, W)`` float32 mask probabilities with ``return_probabilities=True``, else None.
+    """
+
+    query: int
+    score: float
+    mask: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+@dataclass
 class ImagePrediction:
     """One instruction on one image.
+
+    An empty ``mask`` with ``no_target=False`` can happen: the score ("is the target in the image?") and the mask
+    ("where?") come from two heads. A score above the threshold whose mask logits are all below 0 at the original
+    resolution (a tiny or thin object, or a model trained briefly) gives an empty mask; ``return_probabilities=True``
+    shows the mask probabilities, ``return_candidates=True`` the other queries' answers. Treat ``not mask.any()`` as
+    no target where only the mask matters.
 
     Attributes:
         mask: ``(H, W)`` bool at the original resolution (empty when ``no_target``).
         score: sigmoid score of the selected query.
         no_target: the score is below the no-target threshold.
         objects: the objects found (``max_objects`` of them at most; ``mask`` is their union, ``score`` the best).
+        probabilities: ``(H, W)`` float32 mask probabilities of the best query (given even when ``no_target``), with
+            ``return_probabilities=True``; else None.
+        candidates: every decoder query's answer, best score first (``return_candidates=True``; an int keeps that
+            many), else None.
     """
 
     mask: np.ndarray
     score: float
     no_target: bool
     objects: list[ImageObject] = field(default_factory=list)
+    probabilities: np.ndarray | None = None
+    candidates: list[Candidate] | None = None
 
 
 @dataclass
@@ -239,6 +268,8 @@ class InstructSegPredictor:
         threshold: float | None = None,
         max_objects: int = 1,
         overlap: float = 0.5,
+        return_candidates: bool | int = False,
+        return_probabilities: bool = False,
     ) -> ImagePrediction | list[ImagePrediction]:
         """Segment ``image`` for one instruction (→ one prediction) or several (→ a list; the image is encoded once).
 
@@ -249,6 +280,10 @@ class InstructSegPredictor:
             threshold: no-target threshold on the score (default ``config.decoder.no_target_threshold``).
             max_objects: up to this many objects per instruction (``.objects``; see :mod:`instructseg.objects`).
             overlap: mask IoU at which a lower-ranked object is suppressed (with ``max_objects > 1``).
+            return_candidates: also return every decoder query's mask and score (``.candidates``, best first); an
+                int keeps that many (each candidate holds an ``(H, W)`` mask).
+            return_probabilities: also return the ``(H, W)`` float32 mask probabilities (``.probabilities``, and on
+                each candidate).
         """
         texts = _as_texts(text)
         _check_task(task, IMAGE_TASKS)
@@ -266,8 +301,28 @@ class InstructSegPredictor:
                 present = np.flatnonzero(~chosen.no_target[0].cpu().numpy())
                 objects = [ImageObject(masks[j], float(scores[j])) for j in present]
                 mask = masks.any(0) if max_objects > 1 else masks[0]
-                results.append(ImagePrediction(mask, float(scores.max()), present.size == 0, objects))
+                extras = self._image_extras(prediction, frames, return_candidates, return_probabilities)
+                results.append(ImagePrediction(mask, float(scores.max()), present.size == 0, objects, **extras))
         return results[0] if isinstance(text, str) else results
+
+    def _image_extras(
+        self, prediction: MaskPrediction, frames: FrameProcessor, candidates: bool | int, probabilities: bool
+    ) -> dict[str, Any]:
+        """``probabilities`` ``(H, W)`` of the best query and / or ``candidates`` (best score first) of one image."""
+        if not candidates and not probabilities:
+            return {}
+        scores = prediction.scores[-1][0].float().sigmoid().cpu().numpy()  # (Q,)
+        order = np.argsort(-scores, kind="stable")
+        keep = order[: (len(order) if candidates is True else int(candidates))] if candidates else order[:1]
+        logits = postprocess_mask_logits(prediction.mask_logits[-1][0, keep], frames.valid_hw, frames.mask_size, frames.hw)
+        probs = logits.sigmoid().cpu().numpy().astype(np.float32)  # (K, H, W)
+        out: dict[str, Any] = {"probabilities": probs[0]} if probabilities else {}
+        if candidates:
+            out["candidates"] = [
+                Candidate(int(q), float(scores[q]), probs[i] > 0.5, probs[i] if probabilities else None)
+                for i, q in enumerate(keep)
+            ]
+        return out
 
     def _processor(self, frames: VideoFrames) -> FrameProcessor:
         sizes = self.config.vision.image_size, self.config.mask.image_size

@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -618,3 +619,21 @@ def test_official_profile_rebuilds_the_fpn_keeping_the_checkpoint_weights(tiny_c
     assert official_fpn.output_convolutions == [official_fpn.layer_1]
     with pytest.raises(ValueError, match="profile"):
         dataclasses.replace(tiny_config, profile="paper")
+
+
+def test_a_release_loads_by_name_converting_once_into_the_cache(release, tmp_path, monkeypatch):
+    """`from_pretrained(<release dir or hub id>)` converts into the cache on first use and reuses it after."""
+    from instructseg.official import converted_cache_dir
+    from instructseg.predictor import InstructSegPredictor
+
+    monkeypatch.setenv("INSTRUCSEG_CACHE", str(tmp_path / "cache"))
+    calls = []
+    original = official.convert_official
+    monkeypatch.setattr(official, "convert_official", lambda *a, **k: calls.append(a) or original(*a, **k))
+    first = InstructSegPredictor.from_pretrained(release)
+    second = InstructSegPredictor.from_pretrained(str(release))
+    assert len(calls) == 1 and converted_cache_dir(release).is_dir()
+    assert first.config.profile == second.config.profile == "official"
+    image = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    a, b = first.predict_image(image, "the red square"), second.predict_image(image, "the red square")
+    assert np.array_equal(a.mask, b.mask) and a.score == b.score

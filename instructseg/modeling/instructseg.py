@@ -208,7 +208,9 @@ class InstructSeg(nn.Module):
         """Load an export directory (or a Hugging Face Hub id of one) strictly.
 
         Args:
-            name_or_path: a directory written by :meth:`save_pretrained`, or a Hub id (see
+            name_or_path: a directory written by :meth:`save_pretrained`, the authors' released checkpoint
+                (``weic22/InstructSeg`` layout: converted once into a cache, see
+                :func:`instructseg.official.cached_export`), or a Hub id of either (see
                 :func:`~instructseg.modeling.loading.resolve_model_path`).
             device: where to put the model.
             dtype: cast every weight to this dtype (default: as stored, fp32).
@@ -221,6 +223,10 @@ class InstructSeg(nn.Module):
             WeightsMismatchError: missing or unexpected keys (all are listed), other shapes, or non-finite values.
         """
         path = resolve_model_path(name_or_path)
+        from instructseg import official  # the converter builds this class
+
+        if official.is_release_dir(path):  # the authors' release (e.g. weic22/InstructSeg): convert once, then load
+            path = official.cached_export(path)
         config = read_export_config(path)
         model = cls.from_config(config, weights=False, with_lora=False)
         state = read_export_weights(path)
