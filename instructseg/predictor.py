@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ class ImagePrediction:
 
 @dataclass
 class VideoPrediction:
-    """One instruction on a video.
+    """One instruction on a video (an empty mask on a frame with ``no_target`` False: see :class:`ImagePrediction`).
 
     Attributes:
         masks: ``(T, H, W)`` bool at the original resolution.
@@ -301,26 +302,36 @@ class InstructSegPredictor:
                 present = np.flatnonzero(~chosen.no_target[0].cpu().numpy())
                 objects = [ImageObject(masks[j], float(scores[j])) for j in present]
                 mask = masks.any(0) if max_objects > 1 else masks[0]
-                extras = self._image_extras(prediction, frames, return_candidates, return_probabilities)
+                extras = self._image_extras(prediction, chosen, frames, return_candidates, return_probabilities)
                 results.append(ImagePrediction(mask, float(scores.max()), present.size == 0, objects, **extras))
         return results[0] if isinstance(text, str) else results
 
     def _image_extras(
-        self, prediction: MaskPrediction, frames: FrameProcessor, candidates: bool | int, probabilities: bool
+        self,
+        prediction: MaskPrediction,
+        chosen: ObjectSelection,
+        frames: FrameProcessor,
+        candidates: bool | int,
+        probabilities: bool,
     ) -> dict[str, Any]:
-        """``probabilities`` ``(H, W)`` of the best query and / or ``candidates`` (best score first) of one image."""
+        """``probabilities`` ``(H, W)`` of the selected query and / or the ``candidates`` (best first) of one image."""
+        if not isinstance(candidates, bool) and candidates < 0:
+            raise ValueError(f"return_candidates: True, False or a count >= 1, got {candidates}.")
         if not candidates and not probabilities:
             return {}
         scores = prediction.scores[-1][0].float().sigmoid().cpu().numpy()  # (Q,)
         order = np.argsort(-scores, kind="stable")
-        keep = order[: (len(order) if candidates is True else int(candidates))] if candidates else order[:1]
-        logits = postprocess_mask_logits(prediction.mask_logits[-1][0, keep], frames.valid_hw, frames.mask_size, frames.hw)
-        probs = logits.sigmoid().cpu().numpy().astype(np.float32)  # (K, H, W)
+        kept = order[: len(order) if candidates is True else int(candidates)]
+        selected = int(chosen.query[0, 0])  # the first slot always holds the best-ranked query
+        rows = [selected, *(int(q) for q in kept)]
+        logits = prediction.mask_logits[-1][0, rows]  # (1 + K, h, w)
+        probs = postprocess_mask_logits(logits, frames.valid_hw, frames.mask_size, frames.hw).sigmoid()
+        probs = probs.cpu().numpy().astype(np.float32)  # (1 + K, H, W)
         out: dict[str, Any] = {"probabilities": probs[0]} if probabilities else {}
         if candidates:
             out["candidates"] = [
-                Candidate(int(q), float(scores[q]), probs[i] > 0.5, probs[i] if probabilities else None)
-                for i, q in enumerate(keep)
+                Candidate(q, float(scores[q]), probs[i] > 0.5, probs[i] if probabilities else None)
+                for i, q in enumerate(rows[1:], start=1)
             ]
         return out
 

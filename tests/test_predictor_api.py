@@ -134,3 +134,26 @@ def test_checkpoint_loads_on_another_machine(tiny_model, tiny_root, tmp_path, mo
     beside = InstructSegPredictor.from_pretrained(ckpt)
     assert beside.config.llm.path == str((ckpt.parent / "parts/llm").resolve())
     assert same(beside.predict_image(_image(7), "a", threshold=0.0), reference)
+
+
+def test_candidates_and_probabilities(predictor):
+    image = _image(8)
+    plain = predictor.predict_image(image, "the red square", threshold=0.0)
+    assert plain.candidates is None and plain.probabilities is None
+    full = predictor.predict_image(image, "the red square", threshold=0.0, return_candidates=True,
+                                   return_probabilities=True)  # fmt: skip
+    num_queries = predictor.config.decoder.num_queries
+    assert len(full.candidates) == num_queries and sorted(c.query for c in full.candidates) == list(range(num_queries))
+    scores = [c.score for c in full.candidates]
+    assert scores == sorted(scores, reverse=True) and 0.0 <= scores[-1] <= scores[0] <= 1.0
+    assert full.probabilities.shape == (40, 56) and full.probabilities.dtype == np.float32
+    assert 0.0 <= full.probabilities.min() and full.probabilities.max() <= 1.0
+    np.testing.assert_array_equal(full.probabilities > 0.5, plain.mask)  # the selected query's map
+    for candidate in full.candidates:
+        np.testing.assert_array_equal(candidate.mask, candidate.probabilities > 0.5)
+    assert same(full, plain)  # the extras change nothing else
+    top = predictor.predict_image(image, "the red square", return_candidates=2)
+    assert [c.query for c in top.candidates] == [c.query for c in full.candidates[:2]]
+    assert top.candidates[0].probabilities is None
+    absent = predictor.predict_image(image, "the red square", threshold=1.0, return_probabilities=True)
+    assert absent.no_target and not absent.mask.any() and absent.probabilities is not None  # shown even so
