@@ -100,6 +100,7 @@ def predict(
     threshold: float | None = None,
     chunk_size: int = 16,
     fps: float = 4.0,
+    pretrained_root: Path | None = None,
 ) -> None:
     """Segment an image or a video from text instructions.
 
@@ -119,6 +120,7 @@ def predict(
         threshold: no-target score threshold in [0, 1] (default: the model's).
         chunk_size: video frames encoded and decoded together (bounds memory).
         fps: frame rate of the overlay GIF.
+        pretrained_root: for a training .ckpt from another machine: folder with siglip/, llm/, mask2former/.
     """
     from instructseg.video_io import IMAGE_EXTENSIONS, InputError, is_video_path
 
@@ -141,19 +143,20 @@ def predict(
     _check(math.isfinite(fps) and 0 < fps <= 100, f"--fps: a frame rate in (0, 100], got {fps}.")
     _check_threshold(threshold)
     torch_dtype = _check_runtime(device, dtype)
-    _predict(model, input, texts, out, task, strategy, device, torch_dtype, threshold, chunk_size, fps, video)
+    _predict(model, input, texts, out, task, strategy, device, torch_dtype, threshold, chunk_size, fps, video,
+             pretrained_root)  # fmt: skip
 
 
 def _predict(
     model: str, input: Path, texts: list[str], out: Path, task: str, strategy: str, device: str, dtype: Any,
-    threshold: float | None, chunk_size: int, fps: float, video: bool,
+    threshold: float | None, chunk_size: int, fps: float, video: bool, pretrained_root: Path | None = None,
 ) -> None:  # fmt: skip
     from instructseg.predictor import InstructSegPredictor
     from instructseg.video_io import load_image, open_video
     from instructseg.visualize import save_overlay_gif, save_overlay_png, save_submission_masks
 
     inputs = open_video(input) if video else [load_image(input)]
-    predictor = InstructSegPredictor.from_pretrained(model, device=device, dtype=dtype)
+    predictor = InstructSegPredictor.from_pretrained(model, device=device, dtype=dtype, pretrained_root=pretrained_root)
     name = input.stem or input.resolve().name
     if video:
         preds = predictor.predict_video(

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from instructseg.checkpoint import CHECKPOINT_PREFIX, CONFIG_KEY
+from instructseg.cli import main as cli_main
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.modeling.loading import PretrainedLoadError
 from instructseg.predictor import ImagePrediction, InstructSegPredictor, VideoPrediction
@@ -126,6 +127,11 @@ def test_checkpoint_loads_on_another_machine(tiny_model, tiny_root, tmp_path, mo
     loaded = InstructSegPredictor.from_pretrained(ckpt, pretrained_root=here)
     assert loaded.config.llm.path == str(here / "llm")
     assert same(loaded.predict_image(_image(7), "a", threshold=0.0), reference)
+    Image.fromarray(_image(7)).save(tmp_path / "photo.png")
+    predict = ["predict", "--model", str(ckpt), "--input", str(tmp_path / "photo.png"), "--text", "a"]
+    assert cli_main([*predict, "--out", str(tmp_path / "p1")]) == 2  # the training machine's parts are gone
+    assert cli_main([*predict, "--out", str(tmp_path / "p2"), "--pretrained_root", str(here)]) == 0
+    assert (tmp_path / "p2/predictions.json").is_file()
 
     # an older checkpoint with relative paths, run from another working directory: found beside the checkpoint
     shutil.copytree(tiny_root, ckpt.parent / "parts")
