@@ -227,12 +227,15 @@ class InstructSeg(nn.Module):
 
         if official.is_release_dir(path):  # the authors' release (e.g. weic22/InstructSeg): convert once, then load
             path = official.cached_export(path)
+        from accelerate import init_empty_weights
+
         config = read_export_config(path)
-        model = cls.from_config(config, weights=False, with_lora=False)
+        with init_empty_weights(include_buffers=False):  # parameters on "meta": no random init, no second copy
+            model = cls.from_config(config, weights=False, with_lora=False)
         state = read_export_weights(path)
         expected = {k: v.shape for k, v in model.state_dict().items()}
         check_weights(expected, state, str(path / WEIGHTS_NAME), "The export does not match its own config.json.")
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)  # the stored tensors become the parameters
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(
