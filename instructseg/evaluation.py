@@ -245,10 +245,14 @@ class MetricOptions:
     official_epsilons: bool = False
 
     def metric(self, video: bool) -> ImageSegMetric | VideoSegMetric:
-        """A fresh metric that never syncs by itself (the merged states are complete on each rank)."""
+        """A fresh metric that never syncs across ranks: it holds one query, or states merged from all ranks."""
         if video:
-            return VideoSegMetric(revos_official=self.revos_official, sync_on_compute=False)
-        return ImageSegMetric(official_epsilons=self.official_epsilons, sync_on_compute=False)
+            return VideoSegMetric(revos_official=self.revos_official, distributed_available_fn=_never)
+        return ImageSegMetric(official_epsilons=self.official_epsilons, distributed_available_fn=_never)
+
+
+def _never() -> bool:
+    return False
 
 
 def _targets(record: Any, object_ids: list[str], counts: bool) -> np.ndarray:
@@ -326,9 +330,7 @@ class _Runner:
                 if video:
                     metric.update(masks, target, expression_type=query["type"], foreground=foreground,
                                   expression_id=f"{work.set_name}/{record.key}/{query_id}")  # fmt: skip
-                    scores = metric.compute()
-                    row.update({k: v for k, v in scores.items() if "/" not in k})
-                    row["R"] = scores.get("R", scores.get(f"{query['type']}/R", float("nan")))
+                    row.update({k: v for k, v in metric.per_expression()[0].items() if k not in ("id", "type")})
                 else:
                     inter, union = int((masks & target).sum()), int((masks | target).sum())
                     row.update({"I": inter, "U": union, "IoU": inter / union if union else 1.0})
