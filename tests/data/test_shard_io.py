@@ -1,7 +1,9 @@
 """Writing and reading shards: exact round trips, URL expansion, and skipping of bad data with counted reasons."""
 
+import io
 import json
 import logging
+import tarfile
 
 import numpy as np
 import pytest
@@ -71,7 +73,10 @@ def test_expand_urls(tmp_path):
     assert expand_urls(brace) == [str(tmp_path / f"set-{i:06d}.tar") for i in range(3)]
     assert expand_urls(str(tmp_path / "set-*.tar")) == expand_urls(brace)
     assert len(expand_urls([brace, str(tmp_path / "set-000001.tar")])) == 4
-    assert expand_urls("pipe:cat x.tar") == ["pipe:cat x.tar"]
+    real = tmp_path / "real.tar"
+    with tarfile.open(real, "w") as archive:
+        archive.addfile(tarfile.TarInfo("a.json"), io.BytesIO(b""))
+    assert expand_urls(f"pipe:cat {real}") == [f"pipe:cat {real}"]  # remote URLs are kept (after their check)
     with pytest.raises(FileNotFoundError, match="nothing-"):
         expand_urls(str(tmp_path / "nothing-*.tar"))
     with pytest.raises(FileNotFoundError, match=r"set-\{000000\.\.000005\}.*missing"):
