@@ -266,6 +266,28 @@ def test_http_and_pipe_shards_read_like_local_ones(val_dir, http_root):
     assert training_set.shard_urls() == expand_urls(pattern)
 
 
+def test_training_and_eval_streams_read_http_shards_like_local_ones(predictor, val_dir, http_root):
+    """The datamodule's streams (every data config's train / val sets) over http: the same samples as locally."""
+    from datamodules.pipeline import SampleBuilder
+    from datamodules.streams import EvalStream, MixtureStream
+
+    def samples(urls: str, training: bool) -> list[tuple]:
+        builder = SampleBuilder(predictor.model.tokenizer, mask_size=32, clip_size=32, num_ref_frames=2,
+                                training=training, one_query_per_record=training)  # fmt: skip
+        sets = [ShardSetConfig(name="s", urls=urls)]
+        if training:
+            stream = MixtureStream(sets, builder, samples_per_epoch=12, batch_size=4, seed=0, shuffle_buffer=4)
+            chosen = stream.iter_partition(rank=0, worker=0, num_workers=1)
+        else:
+            chosen = EvalStream(sets, builder).iter_partition(0, 1, 0, 1)
+        return [(s["key"], s["query_id"], tuple(s["frame_indices"].tolist())) for s in chosen]
+
+    web = f"{http_root}/synthetic-val-{{000000..000001}}.tar"
+    for training in (True, False):
+        local = samples(str(val_dir / "*.tar"), training)
+        assert local and samples(web, training) == local
+
+
 def test_evaluation_over_http_matches_local(predictor, http_root, reference, tmp_path):
     urls = expand_urls(f"{http_root}/synthetic-val-{{000000..000001}}.tar")
     results = evaluate_sets(predictor, [("syn", urls)], tmp_path, overlays=2, progress=False)
