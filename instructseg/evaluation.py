@@ -32,6 +32,7 @@ counts its records).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -615,6 +616,8 @@ def evaluate_model(
         raise ValueError(f"--devices {devices} with --device {device}: give --device {kind} to use several devices.")
     if devices > 1 and kind not in ("cpu", "cuda"):
         raise ValueError(f"--devices {devices}: several processes need --device cpu or cuda, not {device}.")
+    if kind == "cuda" and devices > torch.cuda.device_count():
+        raise ValueError(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     fabric = Fabric(
         accelerator=kind, devices=[int(index)] if index else devices, strategy="ddp" if devices > 1 else "auto"
     )
@@ -622,9 +625,20 @@ def evaluate_model(
     if kind == "cpu" and devices > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // devices))
     predictor = InstructSegPredictor.from_pretrained(model, device=fabric.device, dtype=dtype)
-    identity = {"model": str(model), "dtype": str(dtype)}
+    identity = {"model": str(model), "model_files": model_fingerprint(model), "dtype": str(dtype)}
     results = evaluate_sets(predictor, shard_sets, out, fabric=fabric, identity=identity, **kwargs)
     return results if fabric.global_rank == 0 else None
+
+
+def model_fingerprint(model: str | Path) -> str | None:
+    """A digest of the names, sizes and modification times of a local checkpoint or export (``None`` for a Hub id),
+    so that a resumed evaluation never mixes results of a model file that was replaced in between."""
+    path = Path(model)
+    if not path.exists():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(p.name if p == path else str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
 def unannotated_note(results: dict[str, Any], out_dir: Path) -> str | None:

@@ -6,6 +6,8 @@ import csv
 import functools
 import io
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -142,6 +144,21 @@ def test_two_processes_share_the_records_and_match_one(export_dir, val_dir, refe
     assert len(ranks[0]) + len(ranks[1]) == RECORDS
     assert _reported(out) == _reported(reference[0])
     assert proc.stdout.count("| dataset/task |") == 2  # printed once, by rank 0
+
+
+def test_a_replaced_model_file_is_not_resumed_into(export_dir, val_dir, tmp_path, capsys):
+    data = tmp_path / "data.yaml"
+    data.write_text(json.dumps({"data": {"init_args": {"val": [{"name": "syn", "urls": _shards(val_dir)[0]}]}}}))
+    model = tmp_path / "model"
+    shutil.copytree(export_dir, model)
+    args = ["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "out"), "--overlays", "0"]
+    assert cli_main([*args, "--max_records", "1"]) == 0
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # a new model there
+    capsys.readouterr()
+    assert cli_main([*args, "--max_records", "1"]) == 2
+    assert "other settings (model_files)" in capsys.readouterr().err
+    assert cli_main([*args, "--max_records", "1", "--resume", "false"]) == 0
 
 
 def _write_unannotated(folder: Path, count: int) -> list[str]:
