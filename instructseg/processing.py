@@ -318,6 +318,37 @@ def postprocess_mask_logits(
     return flat.reshape(*lead, *original_hw)
 
 
+def official_query_ranking(
+    mask_logits: torch.Tensor,
+    score_logits: torch.Tensor,
+    valid_hw: tuple[int, int],
+    padded_size: int,
+    original_hw: tuple[int, int],
+    chunk: int = 8,
+) -> torch.Tensor:
+    """The released code's ranking of the Q queries, computed at the original resolution.
+
+    ``sigmoid(s_q) * sum(sigmoid(m_q) * [m_q > 0]) / (sum([m_q > 0]) + 1e-6)`` with ``m_q`` the query's mask logits
+    after :func:`postprocess_mask_logits` (upsampled to the padded input, cropped, resized to ``(H, W)``); the
+    released evaluation then takes the top-1 query with no threshold.
+
+    Args:
+        mask_logits: ``(B, Q, h, w)`` decoder mask logits.
+        score_logits: ``(B, Q)`` score logits.
+        valid_hw, padded_size, original_hw: as :func:`postprocess_mask_logits`.
+        chunk: queries upsampled at a time (bounds memory: ``B x chunk x H x W`` floats).
+
+    Returns:
+        ``(B, Q)`` ranking scores.
+    """
+    parts = []
+    for start in range(0, mask_logits.shape[1], chunk):
+        logits = postprocess_mask_logits(mask_logits[:, start : start + chunk], valid_hw, padded_size, original_hw)
+        fg = (logits > 0).float()
+        parts.append((logits.sigmoid() * fg).flatten(2).sum(-1) / (fg.flatten(2).sum(-1) + 1e-6))
+    return score_logits.float().sigmoid() * torch.cat(parts, dim=1)
+
+
 @dataclass
 class TokenizedQuery:
     """One tokenized prompt. All fields are 1-D with the same length ``L_text``."""

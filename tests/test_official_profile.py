@@ -83,3 +83,19 @@ def test_official_padding_is_128_before_normalising():
     torch.testing.assert_close(out, expected)
     ours, _ = mask_branch_input(image, 64)
     assert torch.all(ours[:, 32:] == 0) and not torch.allclose(out[:, 32:], ours[:, 32:])
+
+
+def test_official_ranking_is_computed_at_the_original_resolution():
+    from instructseg.processing import official_query_ranking
+
+    gen = torch.Generator().manual_seed(0)
+    masks, scores = torch.randn(2, 5, 16, 16, generator=gen) * 3, torch.randn(2, 5, generator=gen)
+    valid, padded, original = (12, 16), 64, (30, 40)
+    got = official_query_ranking(masks, scores, valid, padded, original, chunk=2)
+    for b in range(2):  # the rule written out per query: F.interpolate -> crop -> F.interpolate, then the +1e-6 mean
+        for q in range(5):
+            m = torch.nn.functional.interpolate(masks[b, q][None, None], size=(padded, padded), mode="bilinear")
+            m = torch.nn.functional.interpolate(m[..., :12, :16], size=original, mode="bilinear")[0, 0]
+            fg = (m > 0).float()
+            expected = scores[b, q].sigmoid() * (m.sigmoid() * fg).sum() / (fg.sum() + 1e-6)
+            torch.testing.assert_close(got[b, q], expected)
