@@ -6,10 +6,10 @@ VISA picks the frame that matters with a separate video LLM (LLaMA-VID) and ViLL
 (Grounded-VideoLLM). Here the InstructSeg model scores the frames itself, cheaply:
 
 1. **Relevance curve** (:class:`RelevanceRecorder`): one co-decode per instruction with the middle frame as key and
-   references spread evenly over the video (the ``shared`` strategy's pass), then the mask decoder on every frame,
-   chunk by chunk; a frame's relevance is the score of the query :meth:`InstructSeg.select` picks there (sigmoid of
-   the text-similarity score, the number the no-target threshold applies to). Only ``T`` floats per instruction are
-   kept.
+   references spread evenly over the video (the ``shared`` strategy's pass), then the mask decoder on every frame
+   (or every ``relevance_stride``-th, linearly interpolated in between), chunk by chunk; a frame's relevance is the
+   score of the query :meth:`InstructSeg.select` picks there (sigmoid of the text-similarity score, the number the
+   no-target threshold applies to). Only ``T`` floats per instruction are kept.
 2. **Key frame** (:func:`choose_key_frame`): the maximum of the smoothed curve.
 3. **Key segments** (:func:`extract_segments`, :class:`SegmentRule`): the runs where the smoothed curve reaches the
    threshold, gaps of at most ``max_gap`` frames closed, runs shorter than ``min_length`` dropped.
@@ -116,3 +116,8 @@ class RelevanceRecorder:
     def decoded(self, k: int, keys: Sequence[int], prediction: MaskPrediction) -> None:
         """Record the relevance of frames ``keys`` for instruction ``k`` from their decoder output."""
         self.curves[k, list(keys)] = self._select(prediction).score.float().cpu().numpy()
+
+    def interpolated(self, sampled: Sequence[int]) -> np.ndarray:
+        """``(num_queries, T)`` curves recorded on the ascending frames ``sampled``, linear in between."""
+        frames, sampled = np.arange(self.curves.shape[1]), list(sampled)
+        return np.stack([np.interp(frames, sampled, curve[sampled]) for curve in self.curves]).astype(np.float32)

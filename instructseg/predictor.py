@@ -359,6 +359,7 @@ class InstructSegPredictor:
         tracker: str | Sam2Tracker | None = None,
         tracker_weights: str | Path | None = None,
         segment_rule: SegmentRule | None = None,
+        relevance_stride: int = 1,
     ) -> VideoPrediction | list[VideoPrediction]:
         """Segment every frame of ``video`` for one instruction (→ one prediction) or several (→ a list).
 
@@ -379,6 +380,9 @@ class InstructSegPredictor:
                 ``facebook/sam2.1-hiera-tiny``).
             segment_rule: how ``"segments"`` reads key segments off the relevance curve (default
                 :class:`~instructseg.keyframes.SegmentRule`).
+            relevance_stride: ``"keyframe"`` / ``"segments"`` score every ``relevance_stride``-th frame (and the
+                last) in their relevance pass and interpolate in between: a cheaper first pass, segment edges
+                within ``relevance_stride`` frames.
         """
         texts = _as_texts(text)
         _check_task(task, VIDEO_TASKS)
@@ -386,6 +390,8 @@ class InstructSegPredictor:
             raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}.")
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}.")
+        if relevance_stride < 1:
+            raise ValueError(f"relevance_stride: expected >= 1, got {relevance_stride}.")
         if max_objects < 1 or not 0.0 < overlap <= 1.0:
             raise ValueError(f"max_objects / overlap: expected >= 1 and in (0, 1], got {max_objects} and {overlap}.")
         sam2 = self._tracker(tracker, tracker_weights, strategy)
@@ -397,8 +403,10 @@ class InstructSegPredictor:
             "per_frame": self._run_per_frame,
             "shared": self._run_shared,
             "naive": self._run_naive,
-            "keyframe": partial(self._run_keyframe, tracker=sam2),
-            "segments": partial(self._run_segments, tracker=sam2, rule=segment_rule or SegmentRule()),
+            "keyframe": partial(self._run_keyframe, tracker=sam2, stride=relevance_stride),
+            "segments": partial(
+                self._run_segments, tracker=sam2, stride=relevance_stride, rule=segment_rule or SegmentRule()
+            ),
         }[strategy]
         with self._inference(), tqdm(total=n * len(queries), disable=not progress, unit="frame") as bar:
             run(frames, queries, chunk_size, _Emitter(self, frames, collected, bar, threshold, max_objects, overlap))
@@ -478,14 +486,21 @@ class InstructSegPredictor:
         return [self.model.co_decode(key, refs, **query) for query in queries]
 
     def _spread(
-        self, frames: FrameProcessor, jobs: list[tuple[int, CoDecodeOutput, range]], chunk: int, emit: _Emitter
+        self,
+        frames: FrameProcessor,
+        jobs: list[tuple[int, CoDecodeOutput, Sequence[int]]],
+        chunk: int,
+        emit: _Emitter | RelevanceRecorder,
     ) -> None:
-        """Decode the frames of each job ``(instruction, co-decode output, frames)``, chunk by chunk; a chunk's mask
-        branch is encoded once for all the jobs that cover it."""
-        n = len(frames.frames)
-        for start in range(0, n, chunk):
-            window = range(start, min(n, start + chunk))
-            active = [(k, co, keys) for k, co, span in jobs if (keys := [t for t in window if t in span])]
+        """Decode the frames of each job ``(instruction, co-decode output, frames)`` in time order, ``chunk`` frames
+        at a time; a frame's mask branch is encoded once for all the jobs that cover it."""
+        spans = [set(span) for _, _, span in jobs]
+        covered = sorted(set().union(*spans))
+        for start in range(0, len(covered), chunk):
+            window = covered[start : start + chunk]
+            active = [
+                (k, co, keys) for (k, co, _), span in zip(jobs, spans) if (keys := [t for t in window if t in span])
+            ]
             if not active:
                 continue
             needed = sorted({t for _, _, keys in active for t in keys})
@@ -494,25 +509,37 @@ class InstructSegPredictor:
                 part = features if len(keys) == len(needed) else _take(features, [needed.index(t) for t in keys])
                 emit.decoded(k, keys, self.model.decode_masks(part, co.index([0] * len(keys))))
 
-    def _run_shared(self, frames: FrameProcessor, queries: list[dict], chunk: int, emit: _Emitter) -> None:
+    def _run_shared(
+        self, frames: FrameProcessor, queries: list[dict], chunk: int, emit: _Emitter | RelevanceRecorder
+    ) -> None:
         """One LLM pass per instruction (middle key frame, global references), then the mask decoder per chunk."""
         n, r = len(frames.frames), self.config.num_reference_frames
         shared = self._co_decode_at(frames, queries, n // 2, global_reference_frames(n, r))
         self._spread(frames, [(k, co, range(n)) for k, co in enumerate(shared)], chunk, emit)
 
-    def _relevance(self, frames: FrameProcessor, queries: list[dict], chunk: int) -> np.ndarray:
-        """``(len(queries), T)`` relevance curves: the ``shared`` pass, one score per frame kept."""
-        recorder = RelevanceRecorder(len(queries), len(frames.frames), self.model.select)
-        self._run_shared(frames, queries, chunk, recorder)
-        return recorder.curves
+    def _relevance(self, frames: FrameProcessor, queries: list[dict], chunk: int, stride: int) -> np.ndarray:
+        """``(len(queries), T)`` relevance curves: the ``shared`` pass on every ``stride``-th frame (and the last),
+        one score per frame kept, linearly interpolated in between."""
+        n, r = len(frames.frames), self.config.num_reference_frames
+        sampled = sorted({*range(0, n, stride), n - 1})
+        shared = self._co_decode_at(frames, queries, n // 2, global_reference_frames(n, r))
+        recorder = RelevanceRecorder(len(queries), n, self.model.select)
+        self._spread(frames, [(k, co, sampled) for k, co in enumerate(shared)], chunk, recorder)
+        return recorder.interpolated(sampled)
 
     def _run_keyframe(
-        self, frames: FrameProcessor, queries: list[dict], chunk: int, emit: _Emitter, tracker: Sam2Tracker | None
+        self,
+        frames: FrameProcessor,
+        queries: list[dict],
+        chunk: int,
+        emit: _Emitter,
+        tracker: Sam2Tracker | None,
+        stride: int,
     ) -> None:
         """Key frame per instruction from the relevance curve, one LLM pass with global-local references there."""
         n, r = len(frames.frames), self.config.num_reference_frames
         jobs = []
-        for k, (query, curve) in enumerate(zip(queries, self._relevance(frames, queries, chunk))):
+        for k, (query, curve) in enumerate(zip(queries, self._relevance(frames, queries, chunk, stride))):
             key = choose_key_frame(curve)
             co = self._co_decode_at(frames, [query], key, global_local_reference_frames(n, key, r))[0]
             jobs.append((k, co, key, range(n)))
@@ -525,12 +552,13 @@ class InstructSegPredictor:
         chunk: int,
         emit: _Emitter,
         tracker: Sam2Tracker | None,
+        stride: int,
         rule: SegmentRule,
     ) -> None:
         """Key segments per instruction, one LLM pass per segment (adaptive references); "no target" elsewhere."""
         n, r = len(frames.frames), self.config.num_reference_frames
         jobs = []
-        for k, (query, curve) in enumerate(zip(queries, self._relevance(frames, queries, chunk))):
+        for k, (query, curve) in enumerate(zip(queries, self._relevance(frames, queries, chunk, stride))):
             outside = np.ones(n, dtype=bool)
             for start, stop in extract_segments(curve, rule, emit.threshold):
                 outside[start:stop] = False

@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from instructseg.keyframes import SegmentRule, choose_key_frame, extract_segments, smooth_curve
+from instructseg.keyframes import RelevanceRecorder, SegmentRule, choose_key_frame, extract_segments, smooth_curve
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.predictor import InstructSegPredictor
 from instructseg.sampling import adaptive_reference_frames, global_local_reference_frames, global_reference_frames
@@ -129,7 +129,9 @@ def spy_co_decodes(predictor, monkeypatch) -> list[tuple[int, list[int]]]:
 def test_keyframe_strategy_segments_the_key_frame_of_a_planted_relevance(predictor, monkeypatch):
     n = 100
     curve = planted_curve(n, [(40, 61)])
-    monkeypatch.setattr(predictor, "_relevance", lambda frames, queries, chunk: np.stack([curve] * len(queries)))
+    monkeypatch.setattr(
+        predictor, "_relevance", lambda frames, queries, chunk, stride: np.stack([curve] * len(queries))
+    )
     calls = spy_co_decodes(predictor, monkeypatch)
     pred = predictor.predict_video(lazy_video(n), "the red square", "keyframe", chunk_size=32, threshold=0.0)
     (key, refs), r = calls[0], predictor.config.num_reference_frames
@@ -140,7 +142,9 @@ def test_keyframe_strategy_segments_the_key_frame_of_a_planted_relevance(predict
 def test_segments_strategy_decodes_inside_segments_and_answers_no_target_outside(predictor, monkeypatch):
     n = 120
     curve = planted_curve(n, [(20, 40), (80, 100)])
-    monkeypatch.setattr(predictor, "_relevance", lambda frames, queries, chunk: np.stack([curve] * len(queries)))
+    monkeypatch.setattr(
+        predictor, "_relevance", lambda frames, queries, chunk, stride: np.stack([curve] * len(queries))
+    )
     calls = spy_co_decodes(predictor, monkeypatch)
     rule = SegmentRule(threshold=0.5)  # the decoder's threshold (0: every decoded frame has a target) is another
     pred = predictor.predict_video(lazy_video(n), "the red square", "segments", threshold=0.0, segment_rule=rule)
@@ -177,6 +181,25 @@ def test_keyframe_runs_two_llm_passes_per_instruction(predictor):
     finally:
         handle.remove()
     assert len(passes) == 4  # relevance pass + key frame pass, for each of the 2 instructions (not one per frame)
+
+
+def test_relevance_stride_decodes_every_kth_frame_and_interpolates(predictor):
+    recorder = RelevanceRecorder(1, 9, predictor.model.select)
+    recorder.curves[0, [0, 4, 8]] = [0.0, 1.0, 0.0]
+    np.testing.assert_allclose(recorder.interpolated([0, 4, 8])[0], [0, 0.25, 0.5, 0.75, 1, 0.75, 0.5, 0.25, 0])
+    decoded = []
+    hook = predictor.model.swin.tower.register_forward_hook(
+        lambda module, args, kwargs, out: decoded.append((args[0] if args else kwargs["pixel_values"]).shape[0]),
+        with_kwargs=True,
+    )
+    try:
+        strided = predictor.predict_video(lazy_video(40), "the red square", "keyframe", relevance_stride=8)
+    finally:
+        hook.remove()
+    assert sum(decoded) == 6 + 40  # relevance on frames 0, 8, 16, 24, 32, 39, then every frame once
+    assert strided.masks.shape == (40, 32, 32)
+    with pytest.raises(ValueError, match="relevance_stride"):
+        predictor.predict_video(lazy_video(4), "x", "keyframe", relevance_stride=0)
 
 
 class LiveTensorBytes(TorchDispatchMode):
