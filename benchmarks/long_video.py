@@ -18,7 +18,10 @@ with random weights their time and memory are real, their masks are not.
 One torch thread by default: on a loaded 2-core machine two OpenMP threads per process spin against the other
 processes and run up to 20x slower. Each row runs in a forked child (the model is loaded once, before the fork):
 seconds and frames/s of one ``predict_video`` call after a 3-frame warm-up in the parent, and the child's peak
-resident set size (``ru_maxrss``; it includes the loaded model, so rows of one run compare directly).
+resident set size (``ru_maxrss``, which includes the loaded model and whatever the parent held at the fork) and that
+peak above the child's resident size when it started (what the call added, plus a constant ~50 MiB of library pages
+the child faults back in after the fork). A row ``keyframe@8`` runs the
+strategy with ``relevance_stride=8``; ``+sam2`` propagates with the tracker.
 """
 
 from __future__ import annotations
@@ -49,7 +52,17 @@ from video_inference import build_model  # noqa: E402
 SIZE = 64
 TEXT = "the red square"
 MAIN_JOB_CKPTS = "outputs/main-job/train/lightning_logs/version_*/checkpoints/last.ckpt"
-ROWS = ("per_frame", "shared", "naive", "keyframe", "segments", "keyframe+sam2", "segments+sam2")
+ROWS = (
+    "per_frame",
+    "shared",
+    "naive",
+    "keyframe",
+    "segments",
+    "keyframe@8",
+    "segments@8",
+    "keyframe@8+sam2",
+    "segments@8+sam2",
+)
 
 
 class LongVideo(Sequence):
@@ -94,18 +107,29 @@ def load_predictor() -> tuple[InstructSegPredictor, str]:
 
 
 def call(predictor: InstructSegPredictor, video, row: str, tracker: Sam2Tracker, chunk: int):
-    strategy, _, track = row.partition("+")
-    return predictor.predict_video(video, TEXT, strategy, chunk_size=chunk, tracker=tracker if track else None)
+    """Run a row: ``strategy[@relevance_stride][+sam2]``."""
+    head, _, track = row.partition("+")
+    strategy, _, stride = head.partition("@")
+    return predictor.predict_video(
+        video, TEXT, strategy, chunk_size=chunk, tracker=tracker if track else None, relevance_stride=int(stride or 1)
+    )
 
 
 def child(predictor, row: str, num_frames: int, tracker: Sam2Tracker, chunk: int, threads: int, out) -> None:
     torch.set_num_threads(threads)
+    start_rss = rss()
     video = VideoFrames(LongVideo(num_frames), [f"{t:05d}" for t in range(num_frames)])
     start = time.perf_counter()
     prediction = call(predictor, video, row, tracker, chunk)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    out.send((np.packbits(prediction.masks), seconds, peak))
+    out.send((np.packbits(prediction.masks), seconds, peak, peak - start_rss))
+
+
+def rss() -> int:
+    """Resident set size of this process in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def score(masks: np.ndarray, video: LongVideo) -> tuple[float, float]:
@@ -134,20 +158,21 @@ def main(argv: list[str] | None = None) -> None:
         call(predictor, VideoFrames(LongVideo(3), ["0", "1", "2"]), row, tracker, args.chunk_size)
     ctx = mp.get_context("fork")
     print(f"\nmodel: {model_note}\nSAM2: {sam2_note}\nCPU threads: {threads}, 64x64 frames\n")
-    print("| frames | strategy | J&F | R | seconds | frames/s | peak RSS (MiB) |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("| frames | strategy | J&F | R | seconds | frames/s | peak RSS (MiB) | peak RSS above start (MiB) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for n in args.lengths:
         video = LongVideo(n)
         for row in args.strategies:
             receive, send = ctx.Pipe(duplex=False)
             process = ctx.Process(target=child, args=(predictor, row, n, tracker, args.chunk_size, threads, send))
             process.start()
-            packed, seconds, peak = receive.recv()
+            packed, seconds, peak, growth = receive.recv()
             process.join()
             masks = np.unpackbits(packed, count=n * SIZE * SIZE).reshape(n, SIZE, SIZE).astype(bool)
             jf, r = score(masks, video)
             quality = "- | -" if row.endswith("+sam2") and not args.sam2 else f"{jf:.3f} | {r:.3f}"
-            print(f"| {n} | {row} | {quality} | {seconds:.2f} | {n / seconds:.1f} | {peak / 2**20:.0f} |")
+            mib = f"{peak / 2**20:.0f} | {growth / 2**20:.1f}"
+            print(f"| {n} | {row} | {quality} | {seconds:.2f} | {n / seconds:.1f} | {mib} |")
 
 
 if __name__ == "__main__":
