@@ -12,8 +12,9 @@ correct when the prediction is empty), R is ReVOS robustness against the union o
 
 The model is the main job's trained demo model
 (``outputs/main-job/train/lightning_logs/version_*/checkpoints/last.ckpt``, newest) when it exists, else a random tiny
-model (the output says which). SAM2 rows use a tiny random ``Sam2VideoModel`` unless ``--sam2`` names real weights:
-with random weights their time and memory are real, their masks are not.
+model (the output says which); ``--model`` names another export or checkpoint. SAM2 rows use a tiny random
+``Sam2VideoModel`` unless ``--sam2`` names real weights: with random weights their time and memory are real, their
+masks are not.
 
 One torch thread by default: on a loaded 2-core machine two OpenMP threads per process spin against the other
 processes and run up to 20x slower. Each row runs in a forked child (the model is loaded once, before the fork):
@@ -99,7 +100,9 @@ class LongVideo(Sequence):
         return frame
 
 
-def load_predictor() -> tuple[InstructSegPredictor, str]:
+def load_predictor(model: str | None) -> tuple[InstructSegPredictor, str]:
+    if model:
+        return InstructSegPredictor.from_pretrained(model), f"{model}"
     checkpoints = sorted(glob.glob(MAIN_JOB_CKPTS), key=os.path.getmtime)
     if checkpoints:
         return InstructSegPredictor.from_pretrained(checkpoints[-1]), f"trained demo model {checkpoints[-1]}"
@@ -145,13 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[60, 300, 1000])
     parser.add_argument("--strategies", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--model", default=None, help="export directory or .ckpt (default: the main job's model)")
     parser.add_argument("--sam2", default=None, help="SAM2 weights (Hub id or directory); default: tiny random")
     parser.add_argument("--chunk-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: no spinning on a shared box)")
     args = parser.parse_args(argv)
     threads = args.threads
     torch.set_num_threads(1)  # the parent never starts an OpenMP pool: a forked child could not use it
-    predictor, model_note = load_predictor()
+    predictor, model_note = load_predictor(args.model)
     tracker = Sam2Tracker.from_pretrained(args.sam2 or save_tiny_sam2(tempfile.mkdtemp(prefix="tiny-sam2-")))
     sam2_note = args.sam2 or "tiny RANDOM SAM2: its rows report time and memory only, quality needs real weights"
     for row in args.strategies:  # warm-up in the parent, so that every child starts warm
