@@ -28,6 +28,7 @@ Video strategies (``predict_video(strategy=...)``):
   the threshold (:class:`~instructseg.keyframes.SegmentRule`) each get one LLM pass on their most relevant frame with
   adaptive references (:func:`~instructseg.sampling.adaptive_reference_frames`: a third over the video, two thirds
   around the segment) and are decoded (or tracked) with it; frames outside every segment are "no target".
+  ``relevance_stride=k`` makes the relevance pass of both score every k-th frame only (linear in between).
 
 ``max_objects=K`` returns up to K objects per instruction (``.objects``, :mod:`instructseg.objects`: score threshold
 and mask-IoU suppression); ``mask(s)`` / ``score(s)`` / ``no_target`` then hold the union / the best of them.
