@@ -11,6 +11,9 @@ suppression).
 In videos, objects are ranked per frame (slot j of frame t is that frame's j-th object); a tracker keeps each
 key-frame object's identity instead. :class:`VideoCollector` gathers the slots frame by frame; a prediction's
 ``masks`` / ``scores`` / ``no_target`` stay the union / best over the objects (the single answer when K = 1).
+
+:func:`object_recall` is the per-object score of multi-object instructions: the fraction of ground-truth objects
+matched one-to-one (Hungarian on IoU over all frames) by a predicted object with IoU >= 0.5.
 """
 
 from __future__ import annotations
@@ -114,6 +117,30 @@ def select_objects(
     no_target = ~filled | (score < threshold)
     mask_logits = logits[rows, safe].masked_fill(no_target[..., None, None], float("-inf"))
     return ObjectSelection(mask_logits, score, no_target, query)
+
+
+def object_recall(predicted: Sequence[np.ndarray], targets: Sequence[np.ndarray], iou: float = 0.5) -> float:
+    """Fraction of ``targets`` matched by a distinct ``predicted`` object with IoU >= ``iou``.
+
+    Args:
+        predicted: object masks, each ``(T, H, W)`` (or ``(H, W)``) bool.
+        targets: ground-truth object masks of the same shape.
+        iou: the matching threshold.
+
+    Returns:
+        Recall in [0, 1] (1.0 when there is no target object).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if not targets:
+        return 1.0
+    if not predicted:
+        return 0.0
+    pred = torch.from_numpy(np.stack([np.asarray(m, dtype=bool).reshape(-1) for m in predicted]))
+    gt = torch.from_numpy(np.stack([np.asarray(m, dtype=bool).reshape(-1) for m in targets]))
+    table = mask_iou(torch.cat([pred, gt]))[: len(pred), len(pred) :].numpy()  # (P, G)
+    rows, cols = linear_sum_assignment(-table)
+    return float((table[rows, cols] >= iou).sum() / len(targets))
 
 
 class VideoCollector:

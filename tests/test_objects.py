@@ -7,7 +7,7 @@ import torch
 
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.modeling.mask_decoder import MaskPrediction
-from instructseg.objects import mask_iou, select_objects
+from instructseg.objects import mask_iou, object_recall, select_objects
 from instructseg.predictor import InstructSegPredictor
 
 
@@ -85,3 +85,16 @@ def test_video_returns_k_object_slots(predictor, strategy):
     assert np.array_equal(several.masks, np.any([o.masks for o in several.objects], axis=0))
     assert np.array_equal(several.objects[0].masks, single.masks)
     np.testing.assert_array_equal(several.scores, np.max([o.scores for o in several.objects], axis=0))
+
+
+def test_object_recall_matches_objects_one_to_one():
+    square, bar, dot = (np.zeros((2, 10, 10), dtype=bool) for _ in range(3))
+    square[:, :5, :5] = True
+    bar[:, 7:, :] = True
+    dot[:, 9, 9] = True
+    shifted = np.roll(square, 1, axis=2)  # IoU 20/30 with square
+    assert object_recall([shifted, bar], [square, bar]) == 1.0
+    assert object_recall([shifted, shifted], [square, bar]) == 0.5  # one prediction cannot match two objects
+    assert object_recall([shifted], [square, bar], iou=0.7) == 0.0
+    assert object_recall([dot, bar, square], [square]) == 1.0 and object_recall([], [square]) == 0.0
+    assert object_recall([square], []) == 1.0
