@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--pretrain", action="store_true", help="train the parts on the synthetic domain (stage 0)")
     args = parser.parse_args()
     out = make_tiny(Path(args.out), pretrain=args.pretrain, seed=args.seed, image_size=args.image_size)
-    print(f"wrote tiny pretrained parts to {out}")
+    print(f"tiny pretrained parts in {out}")
 
 
 if __name__ == "__main__":
