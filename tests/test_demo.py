@@ -22,6 +22,8 @@ from PIL import Image
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.predictor import InstructSegPredictor
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 CHROMIUM_ARGS = (
     "--headless=new",
     "--no-sandbox",

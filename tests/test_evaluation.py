@@ -29,6 +29,8 @@ from instructseg.evaluation import PROGRESS_DIR, MetricOptions, Progress, count_
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.predictor import InstructSegPredictor
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 RECORDS = 8
 
 

@@ -25,6 +25,8 @@ from instructseg.io import WeightsMismatchError
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.official import OfficialFormatError, TensorInfo, convert_official
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 SW, SIG = official.SWIN_PREFIX, official.SIGLIP_PREFIX
 TOL = {"atol": 2e-5, "rtol": 1e-4}
 

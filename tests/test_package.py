@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 CHECK = """
 import sys
 import datamodules, instructseg

@@ -17,6 +17,8 @@ from instructseg.lit_module import InstructSegModule, NonFiniteLossError
 from instructseg.losses import InstructSegCriterion
 from instructseg.train_cli import main
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 

@@ -16,6 +16,8 @@ from instructseg.cli import main as cli_main
 from instructseg.cli import plain_help
 from instructseg.train_cli import entry, main
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:

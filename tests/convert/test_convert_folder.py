@@ -14,6 +14,8 @@ from PIL import Image
 from datamodules.convert import ConvertError, FolderConverter
 from instructseg.cli import main as cli_main
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
 

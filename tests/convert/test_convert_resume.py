@@ -14,6 +14,8 @@ from fixtures.official_layouts import write_llava, write_reasonseg
 from datamodules.convert import ConvertError, ReasonSegConverter, convert_dataset
 from datamodules.convert.__main__ import main
 
+pytestmark = pytest.mark.slow  # trains, launches processes or a browser: the full suite only
+
 REPO = Path(__file__).resolve().parents[2]
 OLD = 1_000_000_000  # an mtime far in the past, to see whether a file was rewritten
 
