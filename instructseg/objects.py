@@ -77,7 +77,11 @@ def mask_iou(masks: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def select_objects(
-    prediction: MaskPrediction, max_objects: int, threshold: float, overlap: float = 0.5
+    prediction: MaskPrediction,
+    max_objects: int,
+    threshold: float,
+    overlap: float = 0.5,
+    ranking: torch.Tensor | None = None,
 ) -> ObjectSelection:
     """Pick up to ``max_objects`` non-overlapping objects per sample (see the module docstring).
 
@@ -86,6 +90,9 @@ def select_objects(
         max_objects: K >= 1.
         threshold: no-target threshold on the sigmoid score.
         overlap: a candidate whose mask IoU with a kept object is at least this is suppressed.
+        ranking: ``(B, Q)`` values to order the queries by (the official profile's
+            :func:`~instructseg.processing.official_query_ranking`); default: score x mean in-mask probability at the
+            decoder's resolution.
     """
     if max_objects < 1:
         raise ValueError(f"max_objects: expected >= 1, got {max_objects}.")
@@ -96,7 +103,8 @@ def select_objects(
     fg = logits > 0
     fg_f = fg.float()
     in_mask = (logits.sigmoid() * fg_f).flatten(2).sum(-1) / fg_f.flatten(2).sum(-1).clamp(min=1.0)
-    order = torch.sort(scores * in_mask, dim=1, descending=True, stable=True).indices  # (B, Q); col 0 = argmax
+    rank = scores * in_mask if ranking is None else ranking.to(scores)
+    order = torch.sort(rank, dim=1, descending=True, stable=True).indices  # (B, Q); col 0 = argmax
     b, k = logits.shape[0], max_objects
     query = torch.full((b, k), -1, dtype=torch.long, device=logits.device)
     for row in range(b):

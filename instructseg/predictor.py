@@ -61,7 +61,14 @@ from instructseg.modeling.llm import CoDecodeOutput
 from instructseg.modeling.loading import resolve_model_path
 from instructseg.modeling.mask_decoder import MaskPrediction
 from instructseg.objects import ImageObject, ObjectSelection, VideoCollector, VideoObject, select_objects
-from instructseg.processing import FrameProcessor, collate_tokens, postprocess_mask_logits, tokenize_query
+from instructseg.processing import (
+    FrameProcessor,
+    collate_tokens,
+    official_query_ranking,
+    postprocess_mask_logits,
+    tokenize_official_query,
+    tokenize_query,
+)
 from instructseg.sampling import (
     adaptive_reference_frames,
     global_local_reference_frames,
@@ -245,7 +252,8 @@ class InstructSegPredictor:
         tok = self.model.tokenizer
         out = []
         for text in texts:
-            batch = collate_tokens([tokenize_query(tok, task, text)], tok.pad_token_id)
+            tokens = tokenize_official_query(tok, task, text) if self.official else tokenize_query(tok, task, text)
+            batch = collate_tokens([tokens], tok.pad_token_id)
             out.append({k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "instruction_mask")})
         return out
 
@@ -258,6 +266,19 @@ class InstructSegPredictor:
             logits = postprocess_mask_logits(flat[row], frames.valid_hw, frames.mask_size, frames.hw)
             out[row] = (logits > 0).cpu().numpy()
         return out.reshape(b, k, *frames.hw)
+
+    @property
+    def official(self) -> bool:
+        """The model reproduces the released code (``config.profile == "official"``): its prompt, preprocessing and
+        selection rule are used."""
+        return self.config.profile == "official"
+
+    def _ranking(self, prediction: MaskPrediction, frames: FrameProcessor) -> torch.Tensor | None:
+        """The official profile ranks the queries at the original resolution; ``None``: the default ranking."""
+        if not self.official:
+            return None
+        logits, scores = prediction.mask_logits[-1], prediction.scores[-1]
+        return official_query_ranking(logits, scores, frames.valid_hw, frames.mask_size, frames.hw)
 
     def _threshold(self, threshold: float | None) -> float:
         return self.config.decoder.no_target_threshold if threshold is None else threshold
@@ -298,7 +319,8 @@ class InstructSegPredictor:
             for query in queries:
                 co = self.model.co_decode(key, refs, **query, ref_mask=ref_mask)
                 prediction = self.model.decode_masks(features, co)
-                chosen = select_objects(prediction, max_objects, self._threshold(threshold), overlap)
+                ranking = self._ranking(prediction, frames)
+                chosen = select_objects(prediction, max_objects, self._threshold(threshold), overlap, ranking)
                 masks, scores = self._to_masks(chosen, frames)[0], chosen.score[0].float().cpu().numpy()
                 present = np.flatnonzero(~chosen.no_target[0].cpu().numpy())
                 objects = [ImageObject(masks[j], float(scores[j])) for j in present]
@@ -338,7 +360,7 @@ class InstructSegPredictor:
 
     def _processor(self, frames: VideoFrames) -> FrameProcessor:
         sizes = self.config.vision.image_size, self.config.mask.image_size
-        return FrameProcessor(frames, *sizes, workers=PREPROCESS_WORKERS)
+        return FrameProcessor(frames, *sizes, workers=PREPROCESS_WORKERS, official=self.official)
 
     def _prepare(
         self, frames: FrameProcessor, indices: Sequence[int], siglip: bool = True, mask: bool = True
@@ -631,7 +653,8 @@ class _Emitter:
 
     def select(self, prediction: MaskPrediction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Objects of B decoded frames: masks ``(B, K, H, W)`` bool, scores and no-target flags ``(B, K)``."""
-        chosen = select_objects(prediction, self.max_objects, self.threshold, self.overlap)
+        ranking = self._predictor._ranking(prediction, self._frames)
+        chosen = select_objects(prediction, self.max_objects, self.threshold, self.overlap, ranking)
         scores, no_target = chosen.score.float().cpu().numpy(), chosen.no_target.cpu().numpy()
         return self._predictor._to_masks(chosen, self._frames), scores, no_target
 

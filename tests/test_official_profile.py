@@ -99,3 +99,33 @@ def test_official_ranking_is_computed_at_the_original_resolution():
             fg = (m > 0).float()
             expected = scores[b, q].sigmoid() * (m.sigmoid() * fg).sum() / (fg.sum() + 1e-6)
             torch.testing.assert_close(got[b, q], expected)
+
+
+def test_the_predictor_uses_the_official_rules_for_an_official_model(tiny_config, monkeypatch):
+    """An official-profile model gets the released prompt, padding and ranking; the default model does not."""
+    from dataclasses import replace
+
+    import instructseg.predictor as predictor_module
+    from instructseg.modeling.instructseg import InstructSeg
+    from instructseg.predictor import InstructSegPredictor
+
+    torch.manual_seed(0)
+    model = InstructSeg.from_config(replace(tiny_config, profile="official"))
+    calls = {"prompt": 0, "ranking": 0}
+    for name in ("tokenize_official_query", "official_query_ranking"):
+        original = getattr(predictor_module, name)
+
+        def counted(*args, _original=original, _key="prompt" if "tokenize" in name else "ranking", **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(predictor_module, name, counted)
+    image = np.random.default_rng(0).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    official = InstructSegPredictor(model)
+    frames = official._processor([image])
+    assert frames.official
+    official.predict_image(image, "the red circle")
+    assert calls == {"prompt": 1, "ranking": 1}
+    torch.manual_seed(0)
+    InstructSegPredictor(InstructSeg.from_config(tiny_config)).predict_image(image, "the red circle")
+    assert calls == {"prompt": 1, "ranking": 1}
