@@ -101,6 +101,10 @@ def predict(
     chunk_size: int = 16,
     fps: float = 4.0,
     pretrained_root: Path | None = None,
+    max_objects: int = 1,
+    tracker: str | None = None,
+    tracker_weights: str | None = None,
+    relevance_stride: int = 1,
 ) -> None:
     """Segment an image or a video from text instructions.
 
@@ -114,13 +118,18 @@ def predict(
         text: instruction; several with --text+ "a" --text+ "b".
         out: output directory.
         task: res|reasonseg (images) or rvos|reasonvos (videos); default res / rvos.
-        strategy: video strategy: per_frame (the paper's protocol), shared (one LLM pass) or naive.
+        strategy: video strategy: per_frame (the paper's protocol), shared (one LLM pass), keyframe (text-guided key
+            frame), segments (key segments, "no target" elsewhere) or naive.
         device: cpu, cuda, cuda:N or mps.
         dtype: float32, or bfloat16 / float16 (autocast).
         threshold: no-target score threshold in [0, 1] (default: the model's).
         chunk_size: video frames encoded and decoded together (bounds memory).
         fps: frame rate of the overlay GIF.
         pretrained_root: for a training .ckpt from another machine: folder with siglip/, llm/, mask2former/.
+        max_objects: up to this many objects per instruction (their union is the mask).
+        tracker: sam2: propagate the key-frame masks with SAM2 (keyframe / segments strategies).
+        tracker_weights: SAM2 weights (Hub id or folder; default facebook/sam2.1-hiera-tiny).
+        relevance_stride: keyframe / segments: score every N-th frame in the relevance pass.
     """
     from instructseg.video_io import IMAGE_EXTENSIONS, InputError, is_video_path
 
@@ -142,14 +151,19 @@ def predict(
     _check(chunk_size >= 1, f"--chunk_size: expected >= 1, got {chunk_size}.")
     _check(math.isfinite(fps) and 0 < fps <= 100, f"--fps: a frame rate in (0, 100], got {fps}.")
     _check_threshold(threshold)
+    _check(max_objects >= 1 and relevance_stride >= 1, "--max_objects and --relevance_stride: expected >= 1.")
+    _check(tracker in (None, "sam2"), f"--tracker: expected sam2 (or none), got {tracker!r}.")
     torch_dtype = _check_runtime(device, dtype)
-    _predict(model, input, texts, out, task, strategy, device, torch_dtype, threshold, chunk_size, fps, video,
-             pretrained_root)  # fmt: skip
+    options = {"threshold": threshold, "max_objects": max_objects}
+    if video:
+        options.update(strategy=strategy, chunk_size=chunk_size, tracker=tracker, tracker_weights=tracker_weights,
+                       relevance_stride=relevance_stride, progress=True)  # fmt: skip
+    _predict(model, input, texts, out, task, device, torch_dtype, fps, video, pretrained_root, options)
 
 
 def _predict(
-    model: str, input: Path, texts: list[str], out: Path, task: str, strategy: str, device: str, dtype: Any,
-    threshold: float | None, chunk_size: int, fps: float, video: bool, pretrained_root: Path | None = None,
+    model: str, input: Path, texts: list[str], out: Path, task: str, device: str, dtype: Any, fps: float,
+    video: bool, pretrained_root: Path | None, options: dict[str, Any],
 ) -> None:  # fmt: skip
     from instructseg.predictor import InstructSegPredictor
     from instructseg.video_io import load_image, open_video
@@ -159,16 +173,14 @@ def _predict(
     predictor = InstructSegPredictor.from_pretrained(model, device=device, dtype=dtype, pretrained_root=pretrained_root)
     name = input.stem or input.resolve().name
     if video:
-        preds = predictor.predict_video(
-            inputs, texts, strategy, task, chunk_size=chunk_size, threshold=threshold, progress=True
-        )
+        preds = predictor.predict_video(inputs, texts, task=task, **options)
         frame_names = inputs.names
         results = [(p.masks, p.scores.tolist(), p.no_target.tolist()) for p in preds]
     else:
-        preds = predictor.predict_image(inputs[0], texts, task, threshold=threshold)
+        preds = predictor.predict_image(inputs[0], texts, task, **options)
         frame_names = [name]
         results = [(p.mask[None], [p.score], [p.no_target]) for p in preds]
-    summary = {"input": str(input), "task": task, "strategy": strategy if video else None, "results": []}
+    summary = {"input": str(input), "task": task, "strategy": options.get("strategy"), "results": []}
     for k, (text, (masks, scores, no_target)) in enumerate(zip(texts, results)):
         save_submission_masks(out, name, str(k), frame_names, masks)
         if video:

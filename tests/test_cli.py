@@ -136,3 +136,18 @@ def test_bad_inputs_exit_2_with_one_line(model_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1, (case, err)
         assert err.startswith("instructseg: error:") and message in err, (case, err)
+
+
+@pytest.mark.parametrize("strategy", ["keyframe", "segments"])
+def test_predict_exposes_the_long_video_strategies(model_dir, tmp_path, strategy):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(6):
+        _image(folder / f"{i:03d}.png", h=24, w=32, seed=i)
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(model_dir), "--input", str(folder), "--text", "the car", "--out", str(out),
+            "--strategy", strategy, "--max_objects", "2", "--relevance_stride", "2"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["strategy"] == strategy and len(summary["results"][0]["frames"]) == 6
+    assert main([*argv[:-6], "--tracker", "sam3"]) == 2
