@@ -157,6 +157,8 @@ class InstructSegDataModule(L.LightningDataModule):
         max_text_tokens: most prompt tokens a sample may have (linked from the model); longer queries are skipped
             and counted.
         pin_memory: pin batches in page-locked memory (GPU training).
+        target_mode: ``"union"`` (one target per query) or ``"objects"`` (one target per named object, matched by
+            the criterion; see :class:`~datamodules.pipeline.SampleBuilder`).
     """
 
     def __init__(
@@ -179,6 +181,7 @@ class InstructSegDataModule(L.LightningDataModule):
         max_resample: int = 10,
         pin_memory: bool = False,
         max_text_tokens: int | None = None,
+        target_mode: str = "union",
     ) -> None:
         super().__init__()
         if clip_sampling not in CLIP_SAMPLERS:
@@ -200,6 +203,7 @@ class InstructSegDataModule(L.LightningDataModule):
         self.max_resample = max_resample
         self.max_text_tokens = max_text_tokens
         self.pin_memory = pin_memory
+        self.target_mode = target_mode
         if tokenizer is None and tokenizer_path is None:
             raise ValueError(
                 "InstructSegDataModule: give the model's `tokenizer` (the CLI links it from the model) or a "
@@ -224,6 +228,7 @@ class InstructSegDataModule(L.LightningDataModule):
             max_resample=self.max_resample,
             max_text_tokens=self.max_text_tokens,
             seed=self.seed,
+            target_mode=self.target_mode,
         )
 
     def _rank(self) -> tuple[int, int]:

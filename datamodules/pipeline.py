@@ -14,6 +14,8 @@ Sample dict (one query on one clip; ``S`` = ``mask_size``, ``S_c`` = ``clip_size
 - ``target_mask`` float ``(S, S)``: 0/1 union of the query's objects on the key frame (all 0 for ``no_target`` and
   ``vqa``), resized and padded like ``pixel_values``.
 - ``ignore_mask`` bool ``(S, S)``: region excluded from the mask loss (the record's ``ignore``).
+- ``object_masks`` float ``(K, S, S)`` (only with ``target_mode="objects"``): one 0/1 target per object the query
+  names, on the key frame, resized like ``target_mask``; objects empty there are dropped (``K`` may be 0).
 - ``has_target`` bool: the resized target is non-empty. ``has_mask`` bool: mask supervision (False for ``vqa``).
 - ``valid_hw`` ``(h, w)``: unpadded region of ``pixel_values``. ``orig_hw`` ``(H, W)``: original frame size.
 - ``task``, ``query_type`` (referring | reasoning | no_target), ``text`` (the instruction), ``key`` (record key),
@@ -49,6 +51,7 @@ from .shards import Record
 
 CLIP_SAMPLERS = {"sparse": sample_clip_sparse, "global_local": sample_clip_global_local}
 STRING_FIELDS = ("task", "query_type", "text", "key", "query_id", "dataset")
+TARGET_MODES = ("union", "objects")
 
 
 class SampleBuilder:
@@ -73,6 +76,8 @@ class SampleBuilder:
         max_text_tokens: most prompt tokens a sample may have (``instructseg fit`` links the model's budget); a
             longer query is skipped and counted as ``"query_too_long"``. ``None``: no limit.
         seed: seed of the generator used when :meth:`__call__` gets no ``rng``.
+        target_mode: ``"union"`` (one target per query, the union of its objects: the paper) or ``"objects"`` (also
+            ``object_masks``, one target per named object, for Hungarian matching of several objects per query).
     """
 
     def __init__(
@@ -88,7 +93,10 @@ class SampleBuilder:
         max_resample: int = 10,
         seed: int = 0,
         max_text_tokens: int | None = None,
+        target_mode: str = "union",
     ) -> None:
+        if target_mode not in TARGET_MODES:
+            raise ValueError(f"target_mode: expected one of {TARGET_MODES}, got {target_mode!r}.")
         if clip_sampling not in CLIP_SAMPLERS:
             raise ValueError(f"clip_sampling: expected one of {sorted(CLIP_SAMPLERS)}, got {clip_sampling!r}.")
         unknown = set(text_loss_tasks) - set(TASKS)
@@ -106,6 +114,7 @@ class SampleBuilder:
         self.training = training
         self.max_resample = max_resample
         self.max_text_tokens = max_text_tokens
+        self.target_mode = target_mode
         self.rng = np.random.default_rng(seed)
 
     def num_refs(self, task: str) -> int:
@@ -152,7 +161,7 @@ class SampleBuilder:
                 f"{where}: {len(tokens.input_ids)} prompt tokens, more than the {self.max_text_tokens} that fit the "
                 "LLM's context next to the visual tokens.",
             )
-        return {
+        sample = {
             "pixel_values": pixel_values,
             "clip_pixel_values": clip,
             "frame_indices": torch.tensor([key, *refs], dtype=torch.long),
@@ -172,6 +181,15 @@ class SampleBuilder:
             "instruction_mask": tokens.instruction_mask,
             "labels": tokens.labels,
         }
+        if self.target_mode == "objects":
+            sample["object_masks"] = self._object_masks(record, object_ids, key)
+        return sample
+
+    def _object_masks(self, record: Record, object_ids: Sequence[str], key: int) -> torch.Tensor:
+        """``(K, S, S)`` float 0/1 targets of the objects non-empty on frame ``key`` (``K`` may be 0)."""
+        masks = [mask_branch_target(record.object_mask(object_id, key), self.mask_size) for object_id in object_ids]
+        masks = [mask for mask in masks if mask.any()]
+        return torch.stack(masks) if masks else torch.zeros(0, self.mask_size, self.mask_size)
 
     def __call__(self, record: Record, rng: np.random.Generator | None = None) -> list[dict[str, Any]]:
         """Samples of one record: one random query (``one_query_per_record``) or every query.
@@ -210,7 +228,9 @@ def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str,
         - ``task``, ``query_type``, ``text``, ``key``, ``query_id``, ``dataset``, ``shard_set`` (``""`` when the
           sample has none): lists of ``B`` str;
         - ``skipped``: dict ``reason -> count`` of data the producing stream skipped since its previous batch (the
-          sum of the samples' ``skipped`` entries; empty when nothing was skipped).
+          sum of the samples' ``skipped`` entries; empty when nothing was skipped);
+        - with ``object_masks`` in the samples (``target_mode="objects"``): ``object_masks`` float
+          ``(B, K_max, S, S)``, zero-padded, and ``object_count`` long ``(B,)``, the real targets of each row.
     """
     if not samples:
         raise ValueError("collate_samples: got an empty list of samples.")
@@ -231,7 +251,7 @@ def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str,
     skipped: Counter[str] = Counter()
     for sample in samples:
         skipped.update(sample.get("skipped", {}))
-    return {
+    batch = {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         "clip_pixel_values": clip,
         "clip_frame_mask": clip_mask,
@@ -247,3 +267,15 @@ def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str,
         "shard_set": [s.get("shard_set", "") for s in samples],
         "skipped": dict(skipped),
     }
+    if "object_masks" in samples[0]:
+        batch.update(collate_object_masks([s["object_masks"] for s in samples]))
+    return batch
+
+
+def collate_object_masks(masks: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pad per-sample ``(K_b, S, S)`` object targets to ``object_masks (B, K_max, S, S)`` + ``object_count (B,)``."""
+    counts = [m.shape[0] for m in masks]
+    out = masks[0].new_zeros(len(masks), max(counts), *masks[0].shape[1:])
+    for row, (mask, count) in enumerate(zip(masks, counts)):
+        out[row, :count] = mask
+    return {"object_masks": out, "object_count": torch.tensor(counts, dtype=torch.long)}

@@ -137,6 +137,8 @@ class InstructSegModule(L.LightningModule):
             batch["has_mask"],
             out.lm_loss,
             ignore_mask=batch.get("ignore_mask"),
+            object_masks=batch.get("object_masks"),
+            object_count=batch.get("object_count"),
         )
         return out, losses
 

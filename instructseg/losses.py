@@ -223,6 +223,8 @@ class InstructSegCriterion(nn.Module):
         has_mask: torch.Tensor,
         lm_loss: torch.Tensor | None = None,
         ignore_mask: torch.Tensor | None = None,
+        object_masks: torch.Tensor | None = None,
+        object_count: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """All loss terms and their weighted sum under ``"loss"``.
 
@@ -234,6 +236,10 @@ class InstructSegCriterion(nn.Module):
             lm_loss: text loss from the LLM, or ``None``.
             ignore_mask: optional ``(B, H, W)`` bool, True = pixel excluded from the mask losses and the matching
                 cost (ReasonSeg ignore regions; the batch's ``ignore_mask``).
+            object_masks: optional ``(B, K_max, H, W)`` float 0/1, one target per object of the query (the batch of
+                ``target_mode="objects"``); when given, the K targets of each sample are Hungarian-matched to K
+                queries (class target 1 for each matched query) instead of the single union target.
+            object_count: ``(B,)`` long, the real targets of each row of ``object_masks`` (required with it).
 
         Returns:
             ``{"loss", "loss_class", "loss_bce", "loss_dice", "loss_text", "loss_class_0", ...}`` (per-step terms
@@ -241,7 +247,12 @@ class InstructSegCriterion(nn.Module):
         """
         cfg = self.config
         keep = has_target.bool() & has_mask.bool()
-        targets = [m[None] if k else m[None][:0] for m, k in zip(target_masks, keep)]
+        if object_masks is None:
+            targets = [m[None] if k else m[None][:0] for m, k in zip(target_masks, keep)]
+        elif object_count is None:
+            raise ValueError("object_masks needs object_count (B,), the real targets of each row (collate_samples).")
+        else:
+            targets = [m[: int(n)] if k else m[:0] for m, n, k in zip(object_masks, object_count, keep)]
         steps = range(len(prediction.mask_logits)) if cfg.deep_supervision else [len(prediction.mask_logits) - 1]
         last = len(prediction.mask_logits) - 1
         out: dict[str, torch.Tensor] = {}

@@ -1,0 +1,120 @@
+"""Several objects per instruction in training: per-object targets (SampleBuilder ``target_mode="objects"``),
+their padded collation, and the criterion's Hungarian matching of the K targets."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.pipeline import SampleBuilder, collate_samples
+from datamodules.rle import encode_rle
+from datamodules.shards import Frames, Record
+from instructseg.config import LossConfig
+from instructseg.losses import InstructSegCriterion
+from instructseg.modeling.mask_decoder import MaskPrediction
+from instructseg.processing import mask_branch_target
+from tests.data.conftest import build_record, png_bytes
+
+S = 48
+
+
+def _record(meta: dict, images: list[np.ndarray]) -> Record:
+    meta = json.loads(json.dumps(meta))
+    return Record(key="k", url="mem.tar", meta=meta, frames=Frames([png_bytes(i) for i in images], "mem:k"))
+
+
+def _two_object_record(empty_second: bool = False) -> Record:
+    meta, images = build_record("res")
+    if empty_second:
+        meta["objects"]["7"]["masks"] = [encode_rle(np.zeros((24, 32), dtype=bool))]
+    meta["queries"] = [
+        {"text": "both boxes", "object_ids": ["3", "7"], "type": "referring"},
+        {"text": "the left box", "object_ids": ["3"], "type": "referring"},
+    ]
+    return _record(meta, images)
+
+
+@pytest.fixture
+def tok():
+    from instructseg.processing import add_instructseg_tokens
+    from instructseg.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    add_instructseg_tokens(tokenizer)
+    return tokenizer
+
+
+def _builder(tok, mode: str) -> SampleBuilder:
+    return SampleBuilder(
+        tok, mask_size=S, clip_size=32, num_ref_frames=2, training=False, one_query_per_record=False, target_mode=mode
+    )
+
+
+def test_objects_mode_gives_one_target_per_object_and_pads_in_collate(tok):
+    record = _two_object_record()
+    both, left = _builder(tok, "objects")(record)
+    expected = torch.stack([mask_branch_target(record.object_mask(oid, 0), S) for oid in ("3", "7")])
+    torch.testing.assert_close(both["object_masks"], expected)
+    torch.testing.assert_close(both["target_mask"], expected.amax(0))  # the union target is unchanged
+    assert left["object_masks"].shape == (1, S, S)
+    batch = collate_samples([left, both], pad_id=0)
+    assert batch["object_masks"].shape == (2, 2, S, S)
+    assert batch["object_count"].tolist() == [1, 2]
+    assert not batch["object_masks"][0, 1].any()  # padding
+    union = _builder(tok, "union")(record)
+    assert "object_masks" not in union[0] and "object_masks" not in collate_samples(union, pad_id=0)
+
+
+def test_objects_empty_on_the_key_frame_are_dropped(tok):
+    both, _ = _builder(tok, "objects")(_two_object_record(empty_second=True))
+    assert both["object_masks"].shape == (1, S, S)
+
+
+def test_bad_target_mode_is_rejected(tok):
+    with pytest.raises(ValueError, match="target_mode"):
+        _builder(tok, "instances")
+
+
+def _planted(queries: dict[int, torch.Tensor], q: int = 5, side: int = 8) -> MaskPrediction:
+    """One sample, one decoder step; query ``j`` predicts ``queries[j]`` (logits +-3), the others noise."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, q, side, side, generator=gen) * 0.1 - 3.0
+    for j, mask in queries.items():
+        logits[0, j] = torch.where(mask, 3.0, -3.0)
+    return MaskPrediction([logits.requires_grad_()], [torch.zeros(1, q, requires_grad=True)])
+
+
+def test_two_objects_are_matched_to_two_queries_and_both_get_mask_losses():
+    side = 8
+    left, right = torch.zeros(side, side, dtype=torch.bool), torch.zeros(side, side, dtype=torch.bool)
+    left[:, :3], right[:, 5:] = True, True
+    pred = _planted({1: left, 3: right})
+    objects = torch.stack([right, left]).float()[None]  # (1, 2, 8, 8): order differs from the queries'
+    crit = InstructSegCriterion(LossConfig(num_points=256, deep_supervision=False))
+    out = crit(
+        pred,
+        objects.amax(1),
+        torch.tensor([True]),
+        torch.tensor([True]),
+        object_masks=objects,
+        object_count=torch.tensor([2]),
+    )
+    out["loss"].backward()
+    mask_grad = pred.mask_logits[0].grad[0].abs().flatten(1).sum(1)
+    assert mask_grad[[1, 3]].gt(0).all() and mask_grad[[0, 2, 4]].eq(0).all()
+    score_grad = pred.scores[0].grad[0]
+    assert score_grad[[1, 3]].lt(0).all() and score_grad[[0, 2, 4]].gt(0).all()  # matched up, others down
+    # the union target on the same prediction matches one query only
+    pred_union = _planted({1: left, 3: right})
+    crit(pred_union, objects.amax(1), torch.tensor([True]), torch.tensor([True]))["loss"].backward()
+    assert pred_union.mask_logits[0].grad[0].abs().flatten(1).sum(1).gt(0).sum() == 1
+
+
+def test_object_masks_need_object_count():
+    pred = _planted({})
+    crit = InstructSegCriterion(LossConfig(num_points=16))
+    with pytest.raises(ValueError, match="object_count"):
+        crit(
+            pred, torch.zeros(1, 8, 8), torch.tensor([True]), torch.tensor([True]), object_masks=torch.zeros(1, 1, 8, 8)
+        )
