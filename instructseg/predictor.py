@@ -80,6 +80,8 @@ from instructseg.video_io import ImageInput, InputError, VideoFrames, is_video_p
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: Largest automatic chunk (frames encoded and decoded together).
+MAX_CHUNK = 16
 PREPROCESS_WORKERS = min(8, os.cpu_count() or 1)
 #: Strategies that start from key frames (the ones a tracker can propagate from).
 TRACKED_STRATEGIES = ("keyframe", "segments")
@@ -280,6 +282,28 @@ class InstructSegPredictor:
         logits, scores = prediction.mask_logits[-1], prediction.scores[-1]
         return official_query_ranking(logits, scores, frames.valid_hw, frames.mask_size, frames.hw)
 
+    def frame_bytes(self) -> int:
+        """Estimated memory one frame of a chunk needs while it is decoded: its SigLIP tokens, Swin pyramid and pixel
+        decoder features, the mask logits of every decoder step for every query, and the LLM pass of its prompt;
+        twice that for the temporaries."""
+        config, model = self.config, self.model
+        side = config.mask.image_size
+        floats = model.siglip.num_tokens * model.llm.hidden_size
+        floats += sum(c * (side // s) ** 2 for c, s in zip(model.swin.channels, model.swin.strides))
+        hidden = model.mask_decoder.hidden_size
+        floats += hidden * ((side // 4) ** 2 + sum((side // s) ** 2 for s in (8, 16, 32)))
+        steps = model.mask_decoder.decoder.decoder_layers + 1
+        floats += steps * config.decoder.num_queries * (side // 4) ** 2
+        floats += 8 * (model.text_token_budget() or 2048) * model.llm.hidden_size
+        itemsize = 2 if self.autocast_dtype is not None else 4
+        return 2 * floats * itemsize
+
+    def auto_chunk_size(self, limit: int = MAX_CHUNK) -> int:
+        """Frames per chunk: as many as half of the memory available now holds (:meth:`frame_bytes` each), in
+        ``[1, limit]`` — so the full-size model on a 24 GB machine works on a few frames at a time, the tiny one on
+        ``limit``."""
+        return max(1, min(limit, int(0.5 * available_memory(self.device) // self.frame_bytes())))
+
     def _threshold(self, threshold: float | None) -> float:
         return self.config.decoder.no_target_threshold if threshold is None else threshold
 
@@ -374,7 +398,7 @@ class InstructSegPredictor:
         text: str | Sequence[str],
         strategy: str = "per_frame",
         task: str = "rvos",
-        chunk_size: int = 16,
+        chunk_size: int | None = None,
         threshold: float | None = None,
         progress: bool = False,
         max_objects: int = 1,
@@ -392,7 +416,8 @@ class InstructSegPredictor:
             strategy: ``"per_frame"``, ``"shared"``, ``"naive"``, ``"keyframe"`` or ``"segments"`` (see the module
                 docstring).
             task: ``"rvos"`` (referring phrase) or ``"reasonvos"`` (implicit question).
-            chunk_size: frames encoded and decoded together (bounds memory).
+            chunk_size: frames encoded and decoded together (bounds memory); default: as many as half of the memory
+                available now holds (:meth:`auto_chunk_size`), at most 16.
             threshold: no-target threshold on the score (default ``config.decoder.no_target_threshold``).
             progress: show a tqdm progress bar.
             max_objects: up to this many objects per instruction (``.objects``; ranked per frame, or tracked).
@@ -411,6 +436,7 @@ class InstructSegPredictor:
         _check_task(task, VIDEO_TASKS)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}.")
+        chunk_size = self.auto_chunk_size() if chunk_size is None else chunk_size
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}.")
         if relevance_stride < 1:
@@ -710,6 +736,19 @@ def _check_device(device: str | torch.device) -> torch.device:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {str(device)!r}: unsupported device type {dev.type!r}; use cpu, cuda or mps.")
     return dev
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated: free CUDA memory on a GPU, ``MemAvailable`` of the host otherwise."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def _as_texts(text: str | Sequence[str]) -> list[str]:

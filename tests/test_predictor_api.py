@@ -163,3 +163,23 @@ def test_candidates_and_probabilities(predictor):
     assert top.candidates[0].probabilities is None
     absent = predictor.predict_image(image, "the red square", threshold=1.0, return_probabilities=True)
     assert absent.no_target and not absent.mask.any() and absent.probabilities is not None  # shown even so
+
+
+def test_chunk_size_follows_the_available_memory(monkeypatch, tiny_config):
+    import instructseg.predictor as predictor_module
+    from instructseg.modeling.instructseg import InstructSeg
+    from instructseg.predictor import MAX_CHUNK, InstructSegPredictor
+
+    torch.manual_seed(0)
+    predictor = InstructSegPredictor(InstructSeg.from_config(tiny_config))
+    per_frame = predictor.frame_bytes()
+    assert per_frame > 0
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 10**12)
+    assert predictor.auto_chunk_size() == MAX_CHUNK
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 6 * per_frame)
+    assert predictor.auto_chunk_size() == 3  # half of the available memory, per frame
+    monkeypatch.setattr(predictor_module, "available_memory", lambda device: 0)
+    assert predictor.auto_chunk_size() == 1
+    full = InstructSeg.full_size_on_meta()
+    predictor.model, predictor.config = full, full.config
+    assert predictor.frame_bytes() > 100 * per_frame  # the paper-size model needs far more per frame
