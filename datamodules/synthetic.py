@@ -17,7 +17,11 @@ writes ``OUT/train/synthetic-train-*.tar`` and ``OUT/val/synthetic-val-*.tar`` i
 * ``reasonvos``: reasoning about shape, colour and motion ("the object that is falling like a dropped apple"),
   ~15% of them no-target queries that describe an absent combination of present attributes.
 
-Every query matches exactly one object (or none for ``no_target``). Generation is deterministic: record ``i`` of a
+Every query matches exactly one object (or none for ``no_target``), except with ``--multi-object RATE``: then each
+query is, with probability RATE, a referring query that names every object of a group of 2 or more ("all the red
+shapes", "the two squares", "all the shapes moving up"), ``object_ids`` listing them all (its mask is their union;
+``reasonseg`` ones get an answer naming them). With RATE 0 (the default) the output is byte-identical to the
+benchmark without the option. Generation is deterministic: record ``i`` of a
 split depends only on ``(seed, split, i)``. :func:`trivial_baselines` scores predictions that ignore the query.
 """
 
@@ -138,6 +142,8 @@ SPATIAL = {  # direction: (axis, sign, "on the <side>" phrase, superlative)
     "bottom": (1, 1, "at the bottom", "lowest"),
 }
 SPATIAL_MARGIN = 0.15
+MOTION_WORDS_PLURAL = {**MOTION_WORDS, "still": "that stay still"}
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 ATTRIBUTE_SETS = (
     ("shape",),
     ("colour",),
@@ -345,6 +351,41 @@ def no_target_candidates(objects: list[Shape], video: bool) -> list[dict[str, st
     return found
 
 
+def multi_object_candidates(objects: list[Shape], video: bool) -> list[tuple[str, list[int]]]:
+    """Phrases naming every object of a group of 2 or more, with the group: ``"all the red shapes"``, ``"the two
+    squares"`` (an attribute set of :data:`ATTRIBUTE_SETS`) and in videos ``"all the shapes moving up"``."""
+    found = []
+    for names in ATTRIBUTE_SETS:
+        seen = set()
+        for obj in objects:
+            constraints = {k: obj.attr(k) for k in names}
+            group = _matches(objects, constraints)
+            if len(group) < 2 or tuple(group) in seen:
+                continue
+            seen.add(tuple(group))
+            nouns = f"{_noun_phrase(constraints)}s"
+            found += [(f"all the {nouns}", group), (f"the {NUMBER_WORDS[len(group)]} {nouns}", group)]
+    if video:
+        for motion in MOTIONS:
+            group = _matches(objects, {"motion": motion})
+            if len(group) >= 2:
+                found.append((f"all the shapes {MOTION_WORDS_PLURAL[motion]}", group))
+    return found
+
+
+def _make_multi_query(rng: np.random.Generator, objects: list[Shape], task: str) -> dict[str, Any] | None:
+    """A referring query naming several objects, or ``None`` when the scene has no group of 2 or more."""
+    options = multi_object_candidates(objects, task in VIDEO_TASKS)
+    if not options:
+        return None
+    text, group = options[int(rng.integers(len(options)))]
+    query = {"text": text, "object_ids": [str(i) for i in group], "type": "referring"}
+    if task == "reasonseg":
+        named = ", ".join(f"the {objects[i].size} {objects[i].colour} {objects[i].shape}" for i in group)
+        query["answer"] = f"There are {NUMBER_WORDS[len(group)]} of them: {named}."
+    return query
+
+
 def _answer(obj: Shape, reasons: list[str]) -> str:
     return f"It is the {obj.size} {obj.colour} {obj.shape}, because {' and '.join(reasons)}."
 
@@ -378,20 +419,27 @@ def _make_query(
     return query
 
 
-def make_queries(rng: np.random.Generator, objects: list[Shape], task: str, size: int) -> list[dict[str, Any]]:
+def make_queries(
+    rng: np.random.Generator, objects: list[Shape], task: str, size: int, multi_object: float = 0.0
+) -> list[dict[str, Any]]:
     """2-3 unambiguous queries of the task's kind, each about a different object where possible.
 
     Targets are drawn uniformly among the objects, so neither the first nor the largest object is usually the
     target. In ``rvos``, motion phrases are preferred when the target has one; in ``reasonvos`` each query is a
-    no-target query with probability ``NO_TARGET_RATE``.
+    no-target query with probability ``NO_TARGET_RATE``. With ``multi_object > 0``, each other query names several
+    objects with that probability (:func:`multi_object_candidates`); at 0 no random number is drawn for it.
     """
     queries: list[dict[str, Any]] = []
     for _ in range(int(rng.integers(2, 4))):
         no_target = task == "reasonvos" and rng.random() < NO_TARGET_RATE
+        multi = multi_object > 0 and not no_target and rng.random() < multi_object
         for _ in range(4):
             used = {i for q in queries for i in q["object_ids"]}
             unused = [i for i in range(len(objects)) if str(i) not in used] or list(range(len(objects)))
-            query = _make_query(rng, objects, task, size, int(rng.choice(unused)), no_target)
+            if multi:
+                query = _make_multi_query(rng, objects, task)
+            else:
+                query = _make_query(rng, objects, task, size, int(rng.choice(unused)), no_target)
             if query is not None and query["text"] not in {q["text"] for q in queries}:
                 query["id"] = str(len(queries))
                 query["type_id"] = REVOS_TYPE_IDS[query["type"]]
@@ -417,13 +465,15 @@ def render_frames(objects: list[Shape], num_frames: int, size: int, background: 
     return frames, masks
 
 
-def generate_record(rng: np.random.Generator, task: str, size: int) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """One record (metadata in the shard schema, frames) of ``task``."""
+def generate_record(
+    rng: np.random.Generator, task: str, size: int, multi_object: float = 0.0
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """One record (metadata in the shard schema, frames) of ``task``; ``multi_object``: see :func:`make_queries`."""
     video = task in VIDEO_TASKS
     num_frames = int(rng.integers(6, 9)) if video else 1
     while True:
         objects = make_scene(rng, size, num_frames)
-        queries = make_queries(rng, objects, task, size)
+        queries = make_queries(rng, objects, task, size, multi_object)
         if len(queries) >= 2:
             break
     background = tuple(int(v) for v in rng.integers(20, 70, size=3))
@@ -451,15 +501,24 @@ def generate_record(rng: np.random.Generator, task: str, size: int) -> tuple[dic
 
 
 def write_split(
-    out_dir: str | Path, split: str, num_records: int, seed: int, size: int = 64, records_per_shard: int = 100
+    out_dir: str | Path,
+    split: str,
+    num_records: int,
+    seed: int,
+    size: int = 64,
+    records_per_shard: int = 100,
+    multi_object: float = 0.0,
 ) -> list[str]:
-    """Write ``num_records`` records of one split as ``out_dir/synthetic-<split>-%06d.tar``; returns the shards."""
+    """Write ``num_records`` records of one split as ``out_dir/synthetic-<split>-%06d.tar``; returns the shards.
+
+    ``multi_object``: share of queries naming several objects (:func:`make_queries`).
+    """
     out_dir = Path(out_dir)
     with RecordWriter(str(out_dir / f"synthetic-{split}-%06d.tar"), maxcount=records_per_shard) as writer:
         for index in tqdm(range(num_records), desc=f"synthetic {split}", unit="rec", leave=False):
             task = TASK_CYCLE[index % len(TASK_CYCLE)]
             rng = np.random.default_rng([seed, SPLITS[split], index])
-            meta, frames = generate_record(rng, task, size)
+            meta, frames = generate_record(rng, task, size, multi_object)
             writer.write(f"synthetic-{split}-{task}-{index:06d}", meta, frames, ext="png")
     return writer.shards
 
@@ -528,11 +587,20 @@ def summarize(split_dir: str | Path) -> dict[str, Counter]:
 
 
 def generate(
-    out: str | Path, train: int, val: int, seed: int = 0, size: int = 64, records_per_shard: int = 100
+    out: str | Path,
+    train: int,
+    val: int,
+    seed: int = 0,
+    size: int = 64,
+    records_per_shard: int = 100,
+    multi_object: float = 0.0,
 ) -> dict[str, list[str]]:
-    """Write both splits under ``out``; returns ``{"train": [shards], "val": [shards]}``."""
+    """Write both splits under ``out``; returns ``{"train": [shards], "val": [shards]}``.
+
+    ``multi_object``: share of queries naming several objects (:func:`make_queries`).
+    """
     return {
-        split: write_split(Path(out) / split, split, count, seed, size, records_per_shard)
+        split: write_split(Path(out) / split, split, count, seed, size, records_per_shard, multi_object)
         for split, count in (("train", train), ("val", val))
         if count > 0
     }
@@ -551,9 +619,18 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--records-per-shard", type=int, default=100)
+    parser.add_argument(
+        "--multi-object",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="share of queries that name several objects (0: the default benchmark, byte-identical)",
+    )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.multi_object <= 1.0:
+        parser.error(f"--multi-object: expected a rate in [0, 1], got {args.multi_object}.")
     start = time.perf_counter()
-    shards = generate(args.out, args.train, args.val, args.seed, args.size, args.records_per_shard)
+    shards = generate(args.out, args.train, args.val, args.seed, args.size, args.records_per_shard, args.multi_object)
     elapsed = time.perf_counter() - start
     summary: dict[str, Any] = {"seconds": elapsed, "shards": {k: len(v) for k, v in shards.items()}}
     for split in shards:

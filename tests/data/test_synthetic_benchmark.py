@@ -12,6 +12,8 @@ from datamodules.synthetic import (
     COLOURS,
     FACTS,
     MOTION_WORDS,
+    MOTION_WORDS_PLURAL,
+    NUMBER_WORDS,
     SHAPES,
     SIZES,
     SPATIAL,
@@ -75,10 +77,12 @@ def interpret(record, text):
     """Object ids that an independent reading of ``text`` (attribute words, facts, motion, position) selects."""
     objects = record.meta["objects"]
     words = text.rstrip("?").split()
+    singular = [w.removesuffix("s") if w.removesuffix("s") in SHAPES else w for w in words]  # "all the squares"
     constraints = {}
     for name, vocabulary in (("colour", COLOURS), ("shape", SHAPES), ("size", SIZES)):
-        constraints.update({name: w for w in words if w in vocabulary})
-    constraints.update({"motion": m for m, phrase in MOTION_WORDS.items() if text.endswith(phrase)})
+        constraints.update({name: w for w in singular if w in vocabulary})
+    for table in (MOTION_WORDS, MOTION_WORDS_PLURAL):
+        constraints.update({"motion": m for m, phrase in table.items() if text.endswith(phrase)})
     for name, table in FACTS.items():
         constraints.update({name: value for value, facts in table.items() for clause, _ in facts if clause in text})
     relative = {"larger": "large", "smaller": "small"}.get(words[1]) if len(words) > 1 else None
@@ -157,3 +161,29 @@ def test_datamodule_on_synthetic(synthetic_dir, tokenizer_dir, clip_sampling):
     assert all(batch["has_target"][[t != "no_target" for t in batch["query_type"]]].all() for batch in batches)
     val = next(iter(module.val_dataloader()))
     assert val["clip_pixel_values"].shape[2:] == (3, 64, 64)
+
+
+def test_multi_object_queries_name_every_object_of_a_group(tmp_path):
+    generate(tmp_path, train=0, val=24, seed=0, size=64, records_per_shard=24, multi_object=1.0)
+    multi, by_colour = 0, 0
+    for record in iter_records(str(tmp_path / "val" / "*.tar")):
+        for query in record.queries:
+            if query["type"] == "no_target":
+                continue
+            ids, words = query["object_ids"], query["text"].split()
+            assert len(ids) >= 2 and query["type"] == "referring", query
+            assert interpret(record, query["text"]) == ids, (record.key, query)
+            assert words[1] == "the" or words[1] == NUMBER_WORDS[len(ids)], query  # "all the ..." / "the two ..."
+            if len(words) == 4 and words[-1] == "shapes" and words[2] in COLOURS:  # "all the red shapes"
+                colour = COLOURS[words[2]]
+                for t in range(record.num_frames):  # the target is every pixel of that colour: the union
+                    pixels = (np.asarray(record.frames[t]) == colour).all(-1)
+                    assert np.array_equal(record.target_mask(ids, t), pixels), (record.key, query)
+                by_colour += 1
+            multi += 1
+    assert multi > 30 and by_colour > 3
+
+
+def test_multi_object_rate_zero_is_the_default_benchmark(tmp_path, synthetic_dir):
+    generate(tmp_path, train=0, val=40, seed=0, size=64, records_per_shard=8, multi_object=0.0)
+    assert digest(tmp_path / "val") == digest(synthetic_dir / "val")
