@@ -21,7 +21,12 @@ Every query matches exactly one object (or none for ``no_target``), except with 
 query is, with probability RATE, a referring query that names every object of a group of 2 or more ("all the red
 shapes", "the two squares", "all the shapes moving up"), ``object_ids`` listing them all (its mask is their union;
 ``reasonseg`` ones get an answer naming them). With RATE 0 (the default) the output is byte-identical to the
-benchmark without the option. Generation is deterministic: record ``i`` of a
+benchmark without the option.
+
+``--long N`` adds ``OUT/long/synthetic-long-*.tar``: N ``rvos`` videos of 100-1000 frames (``--long-frames MIN
+MAX``) made for long-video inference (:func:`generate_long_record`): the target is visible only in a part of the
+video (it enters and leaves), a same-colour and a same-shape distractor stay in view all along, and a small shape
+passes in front of the target while it crosses the image (occlusion). Generation is deterministic: record ``i`` of a
 split depends only on ``(seed, split, i)``. :func:`trivial_baselines` scores predictions that ignore the query.
 """
 
@@ -47,7 +52,8 @@ from .rle import encode_rle
 from .shards import RecordWriter, iter_records
 
 TASK_CYCLE = IMAGE_TASKS + VIDEO_TASKS
-SPLITS = {"train": 0, "val": 1}
+SPLITS = {"train": 0, "val": 1, "long": 2}
+LONG_FRAMES = (100, 1000)
 NO_TARGET_RATE = 0.15
 MOTION_PREFERENCE = 0.6
 
@@ -448,13 +454,24 @@ def make_queries(
     return queries
 
 
-def render_frames(objects: list[Shape], num_frames: int, size: int, background: tuple[int, int, int]):
-    """Frames ``[(size, size, 3) uint8]`` and visible masks ``[object][frame] -> (size, size) bool``."""
+def render_frames(
+    objects: list[Shape],
+    num_frames: int,
+    size: int,
+    background: tuple[int, int, int],
+    shown: list[range] | None = None,
+):
+    """Frames ``[(size, size, 3) uint8]`` and visible masks ``[object][frame] -> (size, size) bool``.
+
+    Later objects are drawn in front of earlier ones; ``shown`` (one frame range per object, default all frames)
+    leaves an object out of the frames outside its range.
+    """
     frames, masks = [], [[] for _ in objects]
+    empty = np.zeros((size, size), dtype=bool)
     for t in range(num_frames):
         image = np.empty((size, size, 3), dtype=np.uint8)
         image[:] = background
-        full = [render_mask(o, t, size) for o in objects]
+        full = [render_mask(o, t, size) if shown is None or t in shown[i] else empty for i, o in enumerate(objects)]
         covered = np.zeros((size, size), dtype=bool)
         for index in reversed(range(len(objects))):
             masks[index].append(full[index] & ~covered)
@@ -498,6 +515,97 @@ def generate_record(
         "queries": queries,
     }
     return meta, frames
+
+
+def generate_long_record(
+    rng: np.random.Generator, size: int, num_frames: int
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """One long ``rvos`` video (metadata in the shard schema, frames); objects are drawn back to front:
+
+    0. a same-colour distractor (the target's colour, another shape), still, in view all along;
+    1. a same-shape distractor (the target's shape, another colour), still, in view all along;
+    2. the target, in view only in ``[enter, leave)`` (a random 30-50 % of the video, never at its ends), crossing
+       the image horizontally;
+    3. a small occluder of a third colour that moves down through the target's path in the same interval and
+       passes in front of it halfway.
+
+    Queries: the target and the same-shape distractor, each by colour and shape. Objects carry their ``shown``
+    interval ``[start, stop)`` in the metadata.
+    """
+    if num_frames < 20:
+        raise ValueError(f"num_frames: a long video needs at least 20 frames, got {num_frames}.")
+    shape, other_shape, occluder_shape = (str(v) for v in rng.choice(SHAPES, size=3, replace=False))
+    colour, other_colour, occluder_colour = (str(v) for v in rng.choice(list(COLOURS), size=3, replace=False))
+    enter = int(rng.integers(int(0.1 * num_frames), int(0.4 * num_frames)))
+    leave = enter + int(rng.integers(int(0.3 * num_frames), int(0.5 * num_frames)))
+    speed = size / max(leave - enter - 1, 1)
+    middle = (enter + leave - 1) / 2  # the target and the occluder meet at the centre on this frame
+    side = "right" if rng.random() < 0.5 else "left"
+
+    def make(name: str, colour_name: str, size_name: str, at: tuple[float, float], motion: str, travel: float) -> Shape:
+        velocity = np.array(DIRECTIONS.get(motion, (0.0, 0.0))) * travel * speed
+        start = np.array(at) * size - velocity * middle
+        return Shape(name, colour_name, size_name, SIZES[size_name] * size, start, velocity, motion)
+
+    objects = [
+        make(other_shape, colour, "large", (0.2, 0.82), "still", 0.0),
+        make(shape, other_colour, "large", (0.8, 0.18), "still", 0.0),
+        make(shape, colour, "large", (0.5, 0.5), side, 0.6),  # 0.2 -> 0.8 of the width while in view
+        make(occluder_shape, occluder_colour, "small", (0.5, 0.5), "down", 0.7),
+    ]
+    shown = [range(num_frames), range(num_frames), range(enter, leave), range(enter, leave)]
+    background = tuple(int(v) for v in rng.integers(20, 70, size=3))
+    frames, masks = render_frames(objects, num_frames, size, background, shown)
+    queries = [
+        {
+            "text": f"the {objects[i].colour} {objects[i].shape}",
+            "object_ids": [str(i)],
+            "type": "referring",
+            "id": str(q),
+            "type_id": REVOS_TYPE_IDS["referring"],
+        }
+        for q, i in enumerate((2, 1))
+    ]
+    meta = {
+        "dataset": "synthetic-long",
+        "task": "rvos",
+        "frames": num_frames,
+        "height": size,
+        "width": size,
+        "frame_names": [f"{t:05d}" for t in range(num_frames)],
+        "objects": {
+            str(i): {
+                "masks": [encode_rle(m) for m in masks[i]],
+                "shape": o.shape,
+                "colour": o.colour,
+                "size": o.size,
+                "motion": o.motion,
+                "shown": [shown[i].start, shown[i].stop],
+            }
+            for i, o in enumerate(objects)
+        },
+        "queries": queries,
+    }
+    return meta, frames
+
+
+def write_long(
+    out_dir: str | Path,
+    num_videos: int,
+    seed: int,
+    size: int = 64,
+    frames: tuple[int, int] = LONG_FRAMES,
+    records_per_shard: int = 10,
+) -> list[str]:
+    """Write ``num_videos`` long videos (:func:`generate_long_record`) of ``frames[0]``-``frames[1]`` frames as
+    ``out_dir/synthetic-long-%06d.tar``; video ``i`` depends only on ``(seed, i)``. Returns the shards."""
+    out_dir = Path(out_dir)
+    with RecordWriter(str(out_dir / "synthetic-long-%06d.tar"), maxcount=records_per_shard) as writer:
+        for index in tqdm(range(num_videos), desc="synthetic long", unit="video", leave=False):
+            rng = np.random.default_rng([seed, SPLITS["long"], index])
+            meta, images = generate_long_record(rng, size, int(rng.integers(frames[0], frames[1] + 1)))
+            writer.write(f"synthetic-long-rvos-{index:06d}", meta, images, ext="png")
+    return writer.shards
 
 
 def write_split(
@@ -626,11 +734,26 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
         metavar="RATE",
         help="share of queries that name several objects (0: the default benchmark, byte-identical)",
     )
+    parser.add_argument("--long", type=int, default=0, metavar="N", help="long videos, written to OUT/long/")
+    parser.add_argument(
+        "--long-frames",
+        type=int,
+        nargs=2,
+        default=list(LONG_FRAMES),
+        metavar=("MIN", "MAX"),
+        help="frames per long video",
+    )
     args = parser.parse_args(argv)
+    if args.long < 0 or not 20 <= args.long_frames[0] <= args.long_frames[1]:
+        parser.error(
+            f"--long / --long-frames: expected N >= 0 and 20 <= MIN <= MAX, got {args.long} {args.long_frames}."
+        )
     if not 0.0 <= args.multi_object <= 1.0:
         parser.error(f"--multi-object: expected a rate in [0, 1], got {args.multi_object}.")
     start = time.perf_counter()
     shards = generate(args.out, args.train, args.val, args.seed, args.size, args.records_per_shard, args.multi_object)
+    if args.long:
+        shards["long"] = write_long(Path(args.out) / "long", args.long, args.seed, args.size, tuple(args.long_frames))
     elapsed = time.perf_counter() - start
     summary: dict[str, Any] = {"seconds": elapsed, "shards": {k: len(v) for k, v in shards.items()}}
     for split in shards:

@@ -187,3 +187,38 @@ def test_multi_object_queries_name_every_object_of_a_group(tmp_path):
 def test_multi_object_rate_zero_is_the_default_benchmark(tmp_path, synthetic_dir):
     generate(tmp_path, train=0, val=40, seed=0, size=64, records_per_shard=8, multi_object=0.0)
     assert digest(tmp_path / "val") == digest(synthetic_dir / "val")
+
+
+def test_long_video_split(tmp_path):
+    lines = []
+    summary = main(
+        ["--out", str(tmp_path), "--train", "0", "--val", "0", "--long", "2", "--long-frames", "100", "120"],
+        echo=lines.append,
+    )
+    assert summary["shards"] == {"long": 1} and summary["long"]["records"] == {"rvos": 2}
+    for record in iter_records(str(tmp_path / "long" / "*.tar")):
+        assert 100 <= record.num_frames <= 120
+        objects = record.meta["objects"]
+        target_id = record.queries[0]["object_ids"][0]
+        target = objects[target_id]
+        assert interpret(record, record.queries[0]["text"]) == [target_id]
+        others = [o for i, o in objects.items() if i != target_id]
+        assert any(o["colour"] == target["colour"] and o["shape"] != target["shape"] for o in others)
+        assert any(o["shape"] == target["shape"] and o["colour"] != target["colour"] for o in others)
+        masks = np.stack([record.object_mask(target_id, t) for t in range(record.num_frames)])
+        areas = masks.sum(axis=(1, 2))
+        present = np.flatnonzero(areas)
+        enter, leave = present[0], present[-1] + 1
+        assert 0 < enter and leave < record.num_frames  # it enters and leaves
+        assert (areas[enter:leave] > 0).all() and 0.2 < (leave - enter) / record.num_frames < 0.6
+        full = np.median(areas[enter:leave])
+        occluded = np.flatnonzero((areas > 0) & (areas < 0.85 * full))
+        assert len(occluded) > 0  # partly hidden somewhere, never entirely
+        t = occluded[0]
+        frame = np.asarray(record.frames[t])
+        assert (frame[masks[t]] == COLOURS[target["colour"]]).all()
+        in_front = [i for i, o in objects.items() if i != target_id and record.object_mask(i, t).any()]
+        ys, xs = np.nonzero(masks[t])
+        box = np.zeros_like(masks[t])
+        box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+        assert any((record.object_mask(i, t) & box).any() for i in in_front)  # a shape covers part of it
