@@ -29,8 +29,12 @@ def random_batch(model, batch_size: int, video: bool, device: str) -> dict:
     tok = model.tokenizer or build_tiny_tokenizer()
     add_instructseg_tokens(tok)
     task = "rvos" if video else "res"
-    texts = ["the small red triangle on the left", "the circle moving up", "the one coloured like a banana",
-             "the square"] * batch_size
+    texts = [
+        "the small red triangle on the left",
+        "the circle moving up",
+        "the one coloured like a banana",
+        "the square",
+    ] * batch_size
     batch = collate_tokens([tokenize_query(tok, task, t) for t in texts[:batch_size]], tok.pad_token_id)
     for token, model_id in zip(SPECIAL_TOKENS, model.llm.new_token_ids.tolist()):
         batch["input_ids"][batch["input_ids"] == tok.convert_tokens_to_ids(token)] = model_id
@@ -119,8 +123,16 @@ def main() -> None:
     rows = []
     for batch_size in (1, 4, 8):
         for video in (False, True):
-            rows.append(("tiny", "cpu fp32", batch_size, video, False, *run("tiny", "cpu", batch_size, video, False,
-                                                                             args.steps)))
+            rows.append(
+                (
+                    "tiny",
+                    "cpu fp32",
+                    batch_size,
+                    video,
+                    False,
+                    *run("tiny", "cpu", batch_size, video, False, args.steps),
+                )
+            )
     if args.full_size:
         if not torch.cuda.is_available():
             print("--full-size needs a CUDA device; skipped.")
@@ -134,8 +146,10 @@ def main() -> None:
     for preset, device, batch_size, video, ckpt, seconds, peak in rows:
         unit = "GiB (CUDA)" if device.startswith("cuda") else "MiB (RSS growth)"
         clip = "video 1+R" if video else "image"
-        print(f"| {preset} | {device} | {batch_size} | {clip} | {ckpt} | {seconds:.3f} | {batch_size / seconds:.1f} "
-              f"| {peak:.1f} {unit} |")
+        print(
+            f"| {preset} | {device} | {batch_size} | {clip} | {ckpt} | {seconds:.3f} | {batch_size / seconds:.1f} "
+            f"| {peak:.1f} {unit} |"
+        )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ Every sample carries ``skipped``: the ``reason -> count`` of data its stream ski
 
 from __future__ import annotations
 
-from collections import Counter
-
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial

@@ -278,7 +278,10 @@ def _tiny_dict() -> dict[str, Any]:
 
 
 def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` merged in recursively (nested dicts merged, other values replaced; inputs unchanged)."""
+    """``base`` with ``overrides`` merged in recursively (nested dicts merged, other values replaced).
+
+    The inputs are left unchanged.
+    """
     out = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -9,9 +9,10 @@ Images (PIL / NumPy / torch, any of RGB, L, LA, RGBA, I;16, float) become two te
 Large downscales use Pillow's ``reducing_gap=3`` (an integer box reduction first, then the filter), which is several
 times faster than filtering at full resolution and indistinguishable from it at this gap.
 
-Text becomes the token layout of the reference code (``reference/instructseg-reference.md`` §1.3)::
+Text becomes this project's token layout (the released code's layout is :func:`official_prompt_chunks`)::
 
-    SYSTEM USER: This is <kind> <ovp>\\n<image>\\n<task template> Text Prompt: <instruction> ASSISTANT: <answer> [SEG]<seg>
+    SYSTEM USER: This is <kind> <ovp>\\n<image>\\n<task template> Text Prompt: <instruction>
+    ASSISTANT: <answer> [SEG]<seg>
 
 ``<ovp>``, ``<image>`` and ``<seg>`` are single placeholder tokens that the model expands to the OVP latents
 (R x Q_r tokens), the key frame's N SigLIP tokens and the Q mask queries. ``instruction_mask`` marks the
@@ -442,7 +443,10 @@ def official_prompt_chunks(task: str, explanation: str | None = None) -> list[st
     name = OFFICIAL_TASK_NAMES[task]
     if task in VIDEO_TASKS:
         head = f"{SYSTEM_PROMPT} USER: There are reference frames and key frame "
-        ask = f"\n. Please doing {name} Segmentation according to the following instruction.\nThis is all the instruction: "
+        ask = (
+            f"\n. Please doing {name} Segmentation according to the following instruction.\n"
+            "This is all the instruction: "
+        )
         answer_head = "\n ASSISTANT: "
     else:
         head = f"{SYSTEM_PROMPT} USER: This is an image "

@@ -55,7 +55,9 @@ def validation_table(metrics: dict[str, Any]) -> str:
     columns = sorted({c for r in rows.values() for c in r})
     lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for task in sorted(rows):
-        lines.append(f"| {task} | " + " | ".join(f"{rows[task][c]:.3f}" if c in rows[task] else "–" for c in columns) + " |")
+        lines.append(
+            f"| {task} | " + " | ".join(f"{rows[task][c]:.3f}" if c in rows[task] else "–" for c in columns) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -90,7 +92,11 @@ class ProgressLog(L.Callback):
         self._samples += int(batch["input_ids"].shape[0]) * trainer.world_size
         now = time.perf_counter()
         last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        if not self._active() or not trainer.is_global_zero or (now - self._last < self.every_seconds and not last_step):
+        if (
+            not self._active()
+            or not trainer.is_global_zero
+            or (now - self._last < self.every_seconds and not last_step)
+        ):
             return
         self._last = now
         print(self.line(trainer, now), flush=True)

@@ -59,18 +59,18 @@ def main(argv: list[str] | None = None) -> None:
     panels, results = [], []
     for text, pred in zip(IMAGE_QUERIES, predictor.predict_image(str(image), list(IMAGE_QUERIES))):
         panels.append(overlay_mask(Image.open(image), pred.mask, text, score=pred.score, no_target=pred.no_target))
-        results.append({"input": str(image), "text": text, "score": pred.score, "no_target": pred.no_target,
-                        "mask_pixels": int(pred.mask.sum())})  # fmt: skip
+        row = {"input": str(image), "text": text, "score": pred.score, "no_target": pred.no_target}
+        results.append({**row, "mask_pixels": int(pred.mask.sum())})
     middle = 3
     for text, pred in zip(VIDEO_QUERIES, predictor.predict_video(str(video), list(VIDEO_QUERIES))):
         frame = Image.open(video)
         frame.seek(middle)
-        panels.append(
-            overlay_mask(frame.convert("RGB"), pred.masks[middle], f"{text} (frame {middle})",
-                         score=float(pred.scores[middle]), no_target=bool(pred.no_target[middle]))
-        )  # fmt: skip
-        results.append({"input": str(video), "text": text, "scores": pred.scores.tolist(),
-                        "no_target": pred.no_target.tolist(), "mask_pixels": pred.masks.sum((1, 2)).tolist()})  # fmt: skip
+        caption = f"{text} (frame {middle})"
+        score, absent = float(pred.scores[middle]), bool(pred.no_target[middle])
+        panels.append(overlay_mask(frame.convert("RGB"), pred.masks[middle], caption, score=score, no_target=absent))
+        pixels = pred.masks.sum((1, 2)).tolist()
+        row = {"input": str(video), "text": text, "scores": pred.scores.tolist(), "no_target": pred.no_target.tolist()}
+        results.append({**row, "mask_pixels": pixels})
     args.out.mkdir(parents=True, exist_ok=True)
     height = max(p.height for p in panels)
     sheet = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), (255, 255, 255))

@@ -49,8 +49,11 @@ def golden_outputs(tiny_root: Path) -> dict[str, torch.Tensor]:
         for i, level in enumerate(feats.pyramid):
             out[f"encode.pyramid.{i}"] = level
         co = model.co_decode(
-            feats.clip_tokens[:1], feats.clip_tokens[None, 1:], batch["input_ids"][1:2],
-            batch["attention_mask"][1:2], batch["instruction_mask"][1:2],
+            feats.clip_tokens[:1],
+            feats.clip_tokens[None, 1:],
+            batch["input_ids"][1:2],
+            batch["attention_mask"][1:2],
+            batch["instruction_mask"][1:2],
         )
         out["co_decode.mask_queries"] = co.mask_queries
         out["co_decode.text_global"] = co.text_global

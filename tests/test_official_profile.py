@@ -9,7 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from instructseg.constants import IMAGE_TOKEN, MASK_PIXEL_MEAN, MASK_PIXEL_STD, OVP_TOKEN, SEG_ANSWER_TOKEN, SEG_QUERY_TOKEN
+from instructseg.constants import (
+    IMAGE_TOKEN,
+    MASK_PIXEL_MEAN,
+    MASK_PIXEL_STD,
+    OVP_TOKEN,
+    SEG_ANSWER_TOKEN,
+    SEG_QUERY_TOKEN,
+)
 from instructseg.processing import SYSTEM_PROMPT, add_instructseg_tokens, mask_branch_input, tokenize_official_query
 from instructseg.tiny import build_tiny_tokenizer
 
@@ -60,8 +67,13 @@ def tokenizer():
 
 @pytest.mark.parametrize(
     ("key", "task", "explanation"),
-    [("res", "res", None), ("reasonseg", "reasonseg", None), ("reasonseg+why", "reasonseg", "It is round. "),
-     ("rvos", "rvos", None), ("reasonvos", "reasonvos", None)],
+    [
+        ("res", "res", None),
+        ("reasonseg", "reasonseg", None),
+        ("reasonseg+why", "reasonseg", "It is round. "),
+        ("rvos", "rvos", None),
+        ("reasonvos", "reasonvos", None),
+    ],
 )
 def test_official_prompt_matches_the_released_chunking_token_for_token(tokenizer, key, task, explanation):
     instruction = "the small red circle on the left"

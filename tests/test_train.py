@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
 import subprocess
 import sys
@@ -35,24 +34,47 @@ def tiny_args(tiny_root: Path, synthetic_dir: Path, run_dir: Path, *extra: str, 
     configs = ["model/tiny.yaml", "data/synthetic.yaml", "trainer/cpu.yaml"] + ([config] if config else [])
     return [
         *(arg for name in configs for arg in ("--config", str(CONFIGS / name))),
-        "--model.pretrained_root", str(tiny_root),
-        "--data.init_args.train", json.dumps([{"name": "syn", "urls": f"{synthetic_dir}/train/*.tar"}]),
-        "--data.init_args.val", json.dumps([{"name": "syn", "urls": f"{synthetic_dir}/val/*.tar"}]),
-        "--data.init_args.num_workers", "0",
-        "--data.init_args.batch_size", "2",
-        "--data.init_args.epoch_length", "6",
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.logger", "false",
-        "--trainer.limit_val_batches", "2",
-        "--trainer.val_check_interval", "null",
-        "--trainer.check_val_every_n_epoch", "1",
-        "--trainer.callbacks", json.dumps(
-            [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-              "init_args": {"dirpath": str(run_dir / "ckpt"), "save_last": True, "save_top_k": -1, "every_n_train_steps": 0,
-                            "every_n_epochs": 1}}]
+        "--model.pretrained_root",
+        str(tiny_root),
+        "--data.init_args.train",
+        json.dumps([{"name": "syn", "urls": f"{synthetic_dir}/train/*.tar"}]),
+        "--data.init_args.val",
+        json.dumps([{"name": "syn", "urls": f"{synthetic_dir}/val/*.tar"}]),
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.epoch_length",
+        "6",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.val_check_interval",
+        "null",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.callbacks",
+        json.dumps(
+            [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run_dir / "ckpt"),
+                        "save_last": True,
+                        "save_top_k": -1,
+                        "every_n_train_steps": 0,
+                        "every_n_epochs": 1,
+                    },
+                }
+            ]
         ),
-        "--seed_everything", "0",
+        "--seed_everything",
+        "0",
         *extra,
     ]
 
@@ -66,11 +88,25 @@ def test_every_config_parses_and_instantiates(config, tiny_root, synthetic_dir, 
     """Each YAML composes with the tiny model on CPU (GPU-only trainer settings are overridden, not dropped)."""
     args = tiny_args(tiny_root, synthetic_dir, tmp_path, config=config)
     if config == "model/instructseg-phi2.yaml":  # its real values are checked by the test below
-        args += ["--config", str(CONFIGS / "model/tiny.yaml"), "--model.frozen_dtype", "null",
-                 "--model.pretrained_root", str(tiny_root)]
+        args += [
+            "--config",
+            str(CONFIGS / "model/tiny.yaml"),
+            "--model.frozen_dtype",
+            "null",
+            "--model.pretrained_root",
+            str(tiny_root),
+        ]
     if config.startswith("trainer/"):
-        args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
-                 "--trainer.default_root_dir", str(tmp_path)]
+        args += [
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
         if config in ("trainer/fsdp.yaml", "trainer/deepspeed.yaml", "trainer/ddp.yaml"):
             args += ["--trainer.strategy", "auto"]  # GPU strategies: parsed above, instantiated on the GPU machine
     cli = main(args, run=False)
@@ -78,7 +114,9 @@ def test_every_config_parses_and_instantiates(config, tiny_root, synthetic_dir, 
     assert type(cli.datamodule).__name__ == "InstructSegDataModule"
     model_config, data = cli.model.model_config, cli.datamodule  # linked from the model, never set twice
     assert (data.mask_size, data.clip_size, data.num_ref_frames) == (
-        model_config.mask.image_size, model_config.vision.image_size, model_config.num_reference_frames
+        model_config.mask.image_size,
+        model_config.vision.image_size,
+        model_config.num_reference_frames,
     )
     assert data.tokenizer is cli.model.tokenizer
     assert data.max_text_tokens == cli.model.model.text_token_budget() > 0
@@ -96,7 +134,9 @@ def test_paper_model_config_holds_the_paper_values(tiny_root, synthetic_dir, tmp
     printed = yaml.safe_load(capsys.readouterr().out)
     config = printed["model"]["config"]
     assert config["name"] == "instructseg-phi2" and config["llm"]["path"] == "microsoft/phi-2"
-    assert config["vision"]["siglip_path"] == "google/siglip-so400m-patch14-384" and config["vision"]["image_size"] == 384
+    assert (
+        config["vision"]["siglip_path"] == "google/siglip-so400m-patch14-384" and config["vision"]["image_size"] == 384
+    )
     assert config["perceiver"]["num_latents"] == 128 and config["decoder"]["num_queries"] == 100
     assert config["llm"]["gradient_checkpointing"] is True and printed["model"]["frozen_dtype"] == "bfloat16"
 
@@ -148,8 +188,12 @@ def test_fit_smoke_and_exact_resume(tiny_root, synthetic_dir, tmp_path):
     assert set(stored["state_dict"]) == {f"model.{k}" for k in full.model.model.trainable_parameters()}
     assert stored["model_config"]["name"] == "tiny"
 
-    resumed = main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "b", "--trainer.max_steps", "6",
-                                      "--ckpt_path", str(ckpt))])
+    resumed = main(
+        [
+            "fit",
+            *tiny_args(tiny_root, synthetic_dir, tmp_path / "b", "--trainer.max_steps", "6", "--ckpt_path", str(ckpt)),
+        ]
+    )
     assert resumed.trainer.global_step == 6
     for name, value in trainable_state(resumed.model).items():
         torch.testing.assert_close(value, reference[name], atol=1e-6, rtol=1e-5, msg=name)
@@ -160,8 +204,18 @@ def test_checkpoint_from_another_preset_is_rejected(tiny_root, synthetic_dir, tm
     rebuilds the model from the checkpoint's own hyper-parameters)."""
     main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "a", "--trainer.max_steps", "3")])
     ckpt = tmp_path / "a/ckpt/epoch=0-step=3.ckpt"
-    other = main(tiny_args(tiny_root, synthetic_dir, tmp_path / "b", "--trainer.max_steps", "4",
-                           "--model.config.decoder.num_queries", "4"), run=False)
+    other = main(
+        tiny_args(
+            tiny_root,
+            synthetic_dir,
+            tmp_path / "b",
+            "--trainer.max_steps",
+            "4",
+            "--model.config.decoder.num_queries",
+            "4",
+        ),
+        run=False,
+    )
     before = trainable_state(other.model)
     with pytest.raises(ValueError, match="another configuration"):
         other.trainer.fit(other.model, datamodule=other.datamodule, ckpt_path=str(ckpt))
@@ -174,11 +228,27 @@ def test_bad_config_fails_before_training(tiny_root, synthetic_dir, tmp_path):
     with pytest.raises(SystemExit):  # unknown key: jsonargparse error
         main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path, "--model.no_such_key", "1")])
     with pytest.raises(FileNotFoundError, match="nothing_here"):
-        main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path, "--data.init_args.train",
-                                json.dumps([{"name": "x", "urls": str(tmp_path / "nothing_here/*.tar")}]))])
+        main(
+            [
+                "fit",
+                *tiny_args(
+                    tiny_root,
+                    synthetic_dir,
+                    tmp_path,
+                    "--data.init_args.train",
+                    json.dumps([{"name": "x", "urls": str(tmp_path / "nothing_here/*.tar")}]),
+                ),
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="missing_weights"):
-        main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path, "--model.pretrained_root",
-                                str(tmp_path / "missing_weights"))])
+        main(
+            [
+                "fit",
+                *tiny_args(
+                    tiny_root, synthetic_dir, tmp_path, "--model.pretrained_root", str(tmp_path / "missing_weights")
+                ),
+            ]
+        )
     cli = main(tiny_args(tiny_root, synthetic_dir, tmp_path), run=False)  # the CLI links sizes; Python users may not
     cli.datamodule.mask_size = 128
     with pytest.raises(ValueError, match="mask_size"):
@@ -198,8 +268,12 @@ def test_non_finite_loss_stops_with_context_and_keeps_last_checkpoint(tiny_root,
 
     monkeypatch.setattr(InstructSegCriterion, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"global step 6.*batch keys.*loss_class"):
-        main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path, "--trainer.max_steps", "12",
-                                "--ckpt_path", str(last))])
+        main(
+            [
+                "fit",
+                *tiny_args(tiny_root, synthetic_dir, tmp_path, "--trainer.max_steps", "12", "--ckpt_path", str(last)),
+            ]
+        )
     after = torch.load(last, map_location="cpu", weights_only=True)  # still loads: not corrupted
     assert after["global_step"] == before["global_step"] == 6
     for key, value in before["state_dict"].items():
@@ -209,13 +283,33 @@ def test_non_finite_loss_stops_with_context_and_keeps_last_checkpoint(tiny_root,
 @pytest.mark.slow
 def test_ddp_two_processes_see_different_data_and_end_identical(tiny_root, synthetic_dir, tmp_path):
     """`fit` with 2 CPU processes (DDP, gloo): disjoint batches per rank, identical weights at the end."""
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               DDP_PROBE_DIR=str(tmp_path))
-    args = tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "3",
-                     "--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2",
-                     "--trainer.limit_val_batches", "0", "--trainer.callbacks+=ddp_probe.DDPProbe")
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "fit", *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        DDP_PROBE_DIR=str(tmp_path),
+    )
+    args = tiny_args(
+        tiny_root,
+        synthetic_dir,
+        tmp_path / "run",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.strategy",
+        "ddp_find_unused_parameters_true",
+        "--trainer.devices",
+        "2",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.callbacks+=ddp_probe.DDPProbe",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "fit", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"probe-{rank}.json").read_text()) for rank in (0, 1)]
     keys0, keys1 = set(ranks[0]["keys"]), set(ranks[1]["keys"])
@@ -230,16 +324,33 @@ def test_eval_end_to_end_on_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path
 
     main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "3")])
     data_yaml = tmp_path / "data.yaml"
-    data_yaml.write_text(json.dumps({"data": {"init_args": {"val": [{"name": "s", "urls": f"{synthetic_dir}/val/*.tar"}]}}}))
+    data_yaml.write_text(
+        json.dumps({"data": {"init_args": {"val": [{"name": "s", "urls": f"{synthetic_dir}/val/*.tar"}]}}})
+    )
     out = tmp_path / "eval"
-    code = cli_main(["evaluate", "--model", str(tmp_path / "run/ckpt/last.ckpt"), "--data", str(data_yaml), "--out",
-                     str(out), "--overlays", "3", "--submission", "true"])
+    code = cli_main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "run/ckpt/last.ckpt"),
+            "--data",
+            str(data_yaml),
+            "--out",
+            str(out),
+            "--overlays",
+            "3",
+            "--submission",
+            "true",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "metrics.json").read_text())
     assert {"s/res", "s/reasonseg", "s/rvos", "s/reasonvos"} <= set(results)  # one row per dataset and task
     assert 0.0 <= results["s/res"]["cIoU"] <= 1.0 and 0.0 <= results["s/rvos"]["J&F"] <= 1.0
     assert "R" in results["s/reasonvos"]  # no-target queries are scored for robustness
-    assert results["s/res"]["queries"] == sum(1 for r in csv.DictReader(open(out / "metrics.csv")) if r["task"] == "res")
+    assert results["s/res"]["queries"] == sum(
+        1 for r in csv.DictReader(open(out / "metrics.csv")) if r["task"] == "res"
+    )
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == sum(1 for r in rows if r["task"]) and len(rows) >= 8
     video_rows = [r for r in rows if r["task"] in ("rvos", "reasonvos")]
@@ -249,7 +360,9 @@ def test_eval_end_to_end_on_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path
     pngs = list((out / "submission/Annotations").rglob("*.png"))
     assert pngs and all(p.parent.parent.parent.name == "Annotations" for p in pngs)
     printed = capsys.readouterr().out
-    assert "| dataset/task | queries | cIoU | gIoU |" in printed and "| dataset/task | queries | J | F | J&F |" in printed
+    assert (
+        "| dataset/task | queries | cIoU | gIoU |" in printed and "| dataset/task | queries | J | F | J&F |" in printed
+    )
     assert cli_main(["evaluate", "--model", str(tmp_path / "missing.ckpt"), "--data", str(data_yaml)]) == 2
 
 
@@ -266,12 +379,28 @@ def test_names_from_data_never_leave_the_output_folder():
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tiny_root, synthetic_dir, tmp_path):
     """A run killed after a mid-epoch checkpoint and resumed ends with the weights of an uninterrupted run."""
     every_2_steps = json.dumps(
-        [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-          "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_top_k": -1, "every_n_train_steps": 2,
-                        "every_n_epochs": 0}}]
+        [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(tmp_path / "ckpt"),
+                    "save_top_k": -1,
+                    "every_n_train_steps": 2,
+                    "every_n_epochs": 0,
+                },
+            }
+        ]
     )
-    long_epoch = ["--data.init_args.epoch_length", "40", "--trainer.limit_val_batches", "0",
-                  "--trainer.callbacks", every_2_steps, "--trainer.max_steps", "7"]
+    long_epoch = [
+        "--data.init_args.epoch_length",
+        "40",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.callbacks",
+        every_2_steps,
+        "--trainer.max_steps",
+        "7",
+    ]
     full = main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "a", *long_epoch)])
     assert full.trainer.global_step == 7
     reference = trainable_state(full.model)

@@ -107,7 +107,9 @@ class InstructSegLLM(nn.Module):
         ids = [special_token_ids[t] for t in SPECIAL_TOKENS]
         self.special_ids = ids
         self.register_buffer("new_token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
-        self.ovp_id, self.image_id, self.seg_id = (special_token_ids[t] for t in (OVP_TOKEN, IMAGE_TOKEN, SEG_QUERY_TOKEN))
+        self.ovp_id, self.image_id, self.seg_id = (
+            special_token_ids[t] for t in (OVP_TOKEN, IMAGE_TOKEN, SEG_QUERY_TOKEN)
+        )
         base_embed = self.base_model.get_input_embeddings().weight
         init = torch.randn(len(ids), self.hidden_size) * 0.02
         if base_embed.device.type != "meta":

@@ -33,8 +33,11 @@ def test_stages_separately(tiny_model, batch_factory):
         assert feats.clip_tokens.shape == (1 + r, n, d)
         assert [f.shape[-1] for f in feats.pyramid] == [16, 8, 4, 2]
         co = tiny_model.co_decode(
-            feats.clip_tokens[:1], feats.clip_tokens[None, 1:], batch["input_ids"][1:],
-            batch["attention_mask"][1:], batch["instruction_mask"][1:],
+            feats.clip_tokens[:1],
+            feats.clip_tokens[None, 1:],
+            batch["input_ids"][1:],
+            batch["attention_mask"][1:],
+            batch["instruction_mask"][1:],
         )
         assert co.mask_queries.shape == (1, tiny_model.config.decoder.num_queries, tiny_model.mask_decoder.hidden_size)
         assert co.text_global.shape == (1, d) and co.text_detailed.shape[0] == 1
