@@ -211,6 +211,7 @@ def evaluate(
     resume: bool = True,
     revos_official: bool = False,
     official_epsilons: bool = False,
+    max_objects: int = 1,
 ) -> None:
     """Predict every query of a data config's validation sets at the original resolution and score it with the
     official formulas; prints one table row per dataset and task and writes metrics.json, metrics.csv and overlays.
@@ -234,6 +235,7 @@ def evaluate(
         resume: continue from the results already in OUT/progress/ (false: start again).
         revos_official: ReVOS A and R with the official script's uint8 arithmetic (overlapping objects counted).
         official_epsilons: gIoU / cIoU with the reference image scripts' epsilons.
+        max_objects: objects predicted per instruction; queries naming several objects also get objects/recall@0.5.
     """
     from instructseg.evaluation import MetricOptions, evaluate_model, format_table, unannotated_note
 
@@ -241,12 +243,13 @@ def evaluate(
     _check(max_records is None or max_records >= 1, f"--max_records: expected >= 1, got {max_records}.")
     _check(overlays >= 0, f"--overlays: expected >= 0, got {overlays}.")
     _check(devices >= 1, f"--devices: expected >= 1, got {devices}.")
+    _check(max_objects >= 1, f"--max_objects: expected >= 1, got {max_objects}.")
     _check_threshold(threshold)
     torch_dtype = _check_runtime(device, dtype)
     options = MetricOptions(revos_official=revos_official, official_epsilons=official_epsilons)
     results = evaluate_model(model, data, out, devices, device, torch_dtype, strategy=strategy, max_records=max_records,
                              overlays=overlays, submission=submission, threshold=threshold, options=options,
-                             resume=resume)  # fmt: skip
+                             resume=resume, max_objects=max_objects)  # fmt: skip
     if results is None:  # ranks other than 0 print nothing
         return
     print(format_table(results))

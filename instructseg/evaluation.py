@@ -6,6 +6,12 @@ the official formulas (:mod:`instructseg.metrics`): cIoU / gIoU for image tasks,
 recall and decay for video tasks, and the ReVOS report (referring / reasoning / overall, robustness R on no-target
 queries). One row per dataset and task.
 
+**Several objects per instruction**: for a query naming two or more objects, the predictor's objects (up to
+``max_objects``) are also scored one by one: ``objects/recall@0.5`` is the share of the named objects (those visible
+in at least one frame) matched one-to-one by a predicted object with IoU >= 0.5 over all frames
+(:func:`instructseg.objects.object_recall`), pooled over those queries and reported next to the union metrics of their
+dataset/task (``objects/queries`` of them); the per-query rows carry ``objects`` and ``objects_matched``.
+
 Writes into ``out``: ``metrics.json``, ``metrics.csv`` (one row per query), optional masks in the official submission
 layout (``submission/Annotations/<video>/<exp_id>/<frame>.png``, 0/255) and overlay pictures (PNG for images, GIF for
 videos; prediction left, ground truth right). Every name that comes from the data (record keys, query ids, frame
@@ -54,6 +60,7 @@ from tqdm.auto import tqdm
 
 from instructseg.constants import VIDEO_TASKS
 from instructseg.metrics import ImageSegMetric, VideoSegMetric
+from instructseg.objects import object_recall
 from instructseg.visualize import save_overlay_gif, save_overlay_png, save_submission_masks
 
 IMAGE_COLUMNS = ("queries", "cIoU", "gIoU")
@@ -62,6 +69,8 @@ PROGRESS_DIR = "progress"
 """Sub-folder of ``out`` with the per-record results (``rank-<r>.jsonl``) and the run's ``settings.json``."""
 LOG_INTERVAL = 30.0
 """Seconds between progress lines when stderr is not a terminal."""
+OBJECT_RECALL = "objects/recall@0.5"
+"""Per-object recall at IoU 0.5 of the multi-object queries of a dataset/task (see the module docstring)."""
 TIMES = ("read", "model", "metrics", "write")
 """Parts of the evaluation time stored per record: shard reading and decoding, prediction, scoring, outputs."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -271,6 +280,16 @@ def _targets(record: Any, object_ids: list[str], counts: bool) -> np.ndarray:
     return np.stack(frames)
 
 
+def object_scores(record: Any, object_ids: list[str], pred: Any, video: bool) -> dict[str, int]:
+    """``{"objects", "objects_matched"}`` of a query naming several objects: its objects visible in some frame and
+    how many of them a distinct predicted object (``pred.objects``) matches with IoU >= 0.5 over all frames."""
+    targets = [np.stack([record.object_mask(i, t) for t in range(record.num_frames)]) for i in object_ids]
+    targets = [target for target in targets if target.any()]
+    predicted = [np.asarray(o.masks if video else o.mask[None]) for o in pred.objects]
+    recall = object_recall(predicted, targets, iou=0.5)
+    return {"objects": len(targets), "objects_matched": round(recall * len(targets))}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The evaluation loop
 
@@ -298,6 +317,7 @@ class _Runner:
     overlays: int
     options: MetricOptions
     rank: int = 0
+    max_objects: int = 1
 
     def run(self, work: _Work, read_seconds: float) -> dict[str, Any]:
         """The JSONL entry of one record: status, per-query rows and metric states, seconds per part (:data:`TIMES`)
@@ -337,6 +357,8 @@ class _Runner:
                     row.update({"I": inter, "U": union, "IoU": inter / union if union else 1.0})
                     metric.update(masks, target)
                 states.append(_state_to_json(metric))
+                if len(query["object_ids"]) >= 2:
+                    row.update(object_scores(record, query["object_ids"], pred, video))
             seconds["metrics"] += time.perf_counter() - clock
             clock = time.perf_counter()
             self._write(work, qi, query_id, query, frames, masks, target.astype(bool), pred, video, annotated)
@@ -349,9 +371,16 @@ class _Runner:
         texts = [q["text"] for q in record.queries]
         if record.task in VIDEO_TASKS:
             return self.predictor.predict_video(
-                frames, texts, strategy=self.strategy, task=record.task, threshold=self.threshold
+                frames,
+                texts,
+                strategy=self.strategy,
+                task=record.task,
+                threshold=self.threshold,
+                max_objects=self.max_objects,
             )
-        return self.predictor.predict_image(frames[0], texts, task=record.task, threshold=self.threshold)
+        return self.predictor.predict_image(
+            frames[0], texts, task=record.task, threshold=self.threshold, max_objects=self.max_objects
+        )
 
     def _write(
         self, work: _Work, qi: int, query_id: str, query: dict, frames: list, masks: np.ndarray, target: np.ndarray,
@@ -452,6 +481,7 @@ def evaluate_sets(
     fabric: Any | None = None,
     identity: dict[str, Any] | None = None,
     progress: bool = True,
+    max_objects: int = 1,
 ) -> dict[str, Any]:
     """Predict and score every query; returns ``{"<set>/<task>": {metric: value}, ...}`` and writes the reports.
 
@@ -474,6 +504,8 @@ def evaluate_sets(
         fabric: a launched ``lightning.fabric.Fabric``; its ranks share the records (``None``: one process).
         identity: further settings a resumed run must share (e.g. the model path and dtype).
         progress: show progress on stderr (rank 0 only).
+        max_objects: objects the predictor returns per instruction (``objects/recall@0.5`` of multi-object
+            queries scores them; the union metrics score their union).
 
     Raises:
         ValueError: when ``out_dir`` holds a partial evaluation with other settings.
@@ -486,7 +518,7 @@ def evaluate_sets(
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     folder = out_dir / PROGRESS_DIR
     settings = {"sets": shard_sets, "strategy": strategy, "max_records": max_records, "threshold": threshold,
-                "submission": submission, **vars(options), **(identity or {})}  # fmt: skip
+                "submission": submission, "max_objects": max_objects, **vars(options), **(identity or {})}  # fmt: skip
     if rank == 0:
         _prepare_progress(folder, json.loads(json.dumps(settings)), resume)
     _barrier(fabric)
@@ -495,7 +527,7 @@ def evaluate_sets(
     total = None if None in totals else sum(min(n, max_records or n) for n in totals)
     share = None if total is None else max(len(range(rank, total, world)) - len(done) // world, 0)
     bar = Progress(share, "evaluating" + (f" (rank 0 of {world})" if world > 1 else ""), enabled=progress and rank == 0)
-    runner = _Runner(predictor, out_dir, strategy, threshold, submission, overlays, options, rank)
+    runner = _Runner(predictor, out_dir, strategy, threshold, submission, overlays, options, rank, max_objects)
     counter, order = SkipCounter(), []
     with _open_log(folder / f"rank-{rank}.jsonl") as log:
         clock = time.perf_counter()
@@ -541,6 +573,7 @@ def _merge(
         )
     metrics: dict[str, Any] = {}
     queries, unannotated, skipped, seconds = Counter(), Counter(), Counter(), Counter()
+    objects: dict[str, Counter] = {}
     rows: list[dict[str, Any]] = []
     for uid in order:
         entry = entries[uid]
@@ -558,7 +591,15 @@ def _merge(
             metric.merge_state(_state_from_json(state))
         metric._update_count += len(entry["states"])  # merged states count as updates (no "compute before update")
         queries[group] += len(entry["states"])
+        for row in entry["rows"]:
+            if "objects" in row:
+                objects.setdefault(group, Counter()).update(
+                    {"queries": 1, "objects": row["objects"], "matched": row["objects_matched"]}
+                )
     results: dict[str, Any] = {group: {"queries": queries[group], **m.compute()} for group, m in metrics.items()}
+    for group, count in objects.items():
+        results[group]["objects/queries"] = count["queries"]
+        results[group][OBJECT_RECALL] = count["matched"] / count["objects"] if count["objects"] else 1.0
     if skipped:
         results["skipped"] = dict(skipped)
     if unannotated:

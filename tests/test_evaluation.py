@@ -355,12 +355,15 @@ class OraclePredictor:
     def __init__(self, truth: dict[str, np.ndarray]) -> None:
         self.truth = truth
 
-    def predict_image(self, image, texts, task, threshold=None):
-        return [SimpleNamespace(mask=self.truth[t][0], score=1.0, no_target=False) for t in texts]
+    def predict_image(self, image, texts, task, threshold=None, max_objects=1):
+        return [SimpleNamespace(mask=self.truth[t][0], score=1.0, no_target=False, objects=[]) for t in texts]
 
-    def predict_video(self, frames, texts, strategy, task, threshold=None):
+    def predict_video(self, frames, texts, strategy, task, threshold=None, max_objects=1):
         n = len(frames)
-        return [SimpleNamespace(masks=self.truth[t], scores=np.ones(n), no_target=np.zeros(n, bool)) for t in texts]
+        return [
+            SimpleNamespace(masks=self.truth[t], scores=np.ones(n), no_target=np.zeros(n, bool), objects=[])
+            for t in texts
+        ]
 
 
 def _square(size: int, top: int, left: int, side: int) -> np.ndarray:

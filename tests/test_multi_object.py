@@ -1,7 +1,9 @@
 """Several objects per instruction in training: per-object targets (SampleBuilder ``target_mode="objects"``),
 their padded collation, and the criterion's Hungarian matching of the K targets."""
 
+import csv
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -118,3 +120,76 @@ def test_object_masks_need_object_count():
         crit(
             pred, torch.zeros(1, 8, 8), torch.tensor([True]), torch.tensor([True]), object_masks=torch.zeros(1, 1, 8, 8)
         )
+
+
+class PlantedPredictor:
+    """Predicts planted objects per instruction (by text) and records the ``max_objects`` it was asked for."""
+
+    def __init__(self, objects: dict[str, list[np.ndarray]]) -> None:
+        self.objects, self.asked = objects, []
+
+    def _objects(self, text: str, max_objects: int) -> list[np.ndarray]:
+        self.asked.append(max_objects)
+        return self.objects[text][:max_objects]
+
+    def predict_image(self, image, texts, task, threshold=None, max_objects=1):
+        found = [self._objects(t, max_objects) for t in texts]
+        return [SimpleNamespace(mask=np.any(o, 0)[0], score=1.0, no_target=False,
+                                objects=[SimpleNamespace(mask=m[0]) for m in o]) for o in found]  # fmt: skip
+
+    def predict_video(self, frames, texts, strategy, task, threshold=None, max_objects=1):
+        n, found = len(frames), [self._objects(t, max_objects) for t in texts]
+        return [SimpleNamespace(masks=np.any(o, 0), scores=np.ones(n), no_target=np.zeros(n, bool),
+                                objects=[SimpleNamespace(masks=m) for m in o]) for o in found]  # fmt: skip
+
+
+def _box(size: int, frames: int, top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((frames, size, size), dtype=bool)
+    mask[:, top : top + side, left : left + side] = True
+    return mask
+
+
+def test_evaluation_reports_per_object_recall_of_multi_object_queries(tmp_path):
+    from datamodules.shards import RecordWriter
+    from instructseg.evaluation import OBJECT_RECALL, evaluate_sets
+
+    size, frames = 32, 3
+    a, b, c = _box(size, frames, 2, 2, 10), _box(size, frames, 18, 18, 10), _box(size, frames, 2, 20, 8)
+    objects = {k: {"masks": [encode_rle(m) for m in v]} for k, v in (("a", a), ("b", b), ("c", c))}
+    queries = [
+        {"text": "a and b", "object_ids": ["a", "b"], "type": "referring"},
+        {"text": "a, b and c", "object_ids": ["a", "b", "c"], "type": "referring"},
+        {"text": "c", "object_ids": ["c"], "type": "referring"},
+    ]
+    meta = {"dataset": "toy", "task": "rvos", "frames": frames, "height": size, "width": size, "objects": objects,
+            "queries": queries}  # fmt: skip
+    with RecordWriter(str(tmp_path / "shards" / "toy-%06d.tar")) as writer:
+        writer.write("video", meta, [np.zeros((size, size, 3), np.uint8)] * frames)
+    shifted_b = np.roll(b, 7, axis=2)  # IoU with b = 3/17 < 0.5
+    planted = PlantedPredictor({"a and b": [b, a], "a, b and c": [a, shifted_b, c], "c": [c]})
+    sets = [("toy", writer.shards)]
+    results = evaluate_sets(planted, sets, tmp_path / "k3", overlays=0, progress=False, max_objects=3)
+    assert set(planted.asked) == {3}
+    video = results["toy/rvos"]
+    assert video["objects/queries"] == 2 and video[OBJECT_RECALL] == pytest.approx((2 + 2) / (2 + 3))
+    assert video["J"] < 1.0  # the union metrics score the union of the predicted objects (shifted b is off)
+    rows = {r["query_id"]: r for r in csv.DictReader(open(tmp_path / "k3" / "metrics.csv"))}
+    assert (rows["0"]["objects"], rows["0"]["objects_matched"], rows["2"]["objects"]) == ("2", "2", "")
+    single = evaluate_sets(planted, sets, tmp_path / "k1", overlays=0, progress=False)  # max_objects=1
+    assert set(planted.asked) == {3, 1} and single["toy/rvos"][OBJECT_RECALL] == pytest.approx((1 + 1) / (2 + 3))
+
+
+def test_evaluation_of_the_tiny_model_on_multi_object_synthetic_queries(tiny_model, tmp_path):
+    from datamodules.synthetic import generate
+    from instructseg.evaluation import OBJECT_RECALL, evaluate_sets
+    from instructseg.predictor import InstructSegPredictor
+
+    predictor = InstructSegPredictor.from_pretrained(tiny_model.save_pretrained(tmp_path / "export"))
+    generate(tmp_path / "syn", train=0, val=4, seed=0, size=64, records_per_shard=4, multi_object=1.0)
+    shards = [str(p) for p in sorted((tmp_path / "syn" / "val").glob("*.tar"))]
+    results = evaluate_sets(predictor, [("syn", shards)], tmp_path / "eval", overlays=0, progress=False, max_objects=2)
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "metrics.csv")))
+    multi = [r for r in rows if r["objects"]]
+    assert multi and all(int(r["objects"]) >= 2 and 0 <= int(r["objects_matched"]) <= 2 for r in multi)
+    groups = {f"syn/{r['task']}" for r in multi}
+    assert all(0.0 <= results[g][OBJECT_RECALL] <= 1.0 and results[g]["objects/queries"] >= 1 for g in groups)
