@@ -151,7 +151,11 @@ class SampleBuilder:
         where = f"{record.where} query {index}"
         try:
             tokens = tokenize_query(
-                self.tokenizer, task, query["text"], answer, supervise_answer=task in self.text_loss_tasks or bool(answer)
+                self.tokenizer,
+                task,
+                query["text"],
+                answer,
+                supervise_answer=task in self.text_loss_tasks or bool(answer),
             )
         except ReservedTokenError as err:
             raise RecordError("reserved_token", f"{where}: {err}") from None
