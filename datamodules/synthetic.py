@@ -495,26 +495,38 @@ def generate_record(
             break
     background = tuple(int(v) for v in rng.integers(20, 70, size=3))
     frames, masks = render_frames(objects, num_frames, size, background)
-    meta = {
-        "dataset": "synthetic",
+    return record_meta("synthetic", task, size, objects, masks, queries), frames
+
+
+def record_meta(
+    dataset: str,
+    task: str,
+    size: int,
+    objects: list[Shape],
+    masks: list[list[np.ndarray]],
+    queries: list[dict[str, Any]],
+    shown: list[range] | None = None,
+) -> dict[str, Any]:
+    """Shard-schema metadata of a rendered scene: per object its RLE masks ``[frame]`` and attributes (and its
+    ``shown`` interval ``[start, stop)`` when given), and the queries."""
+    num_frames = len(masks[0])
+    entries = {}
+    for i, o in enumerate(objects):
+        entry = {"masks": [encode_rle(m) for m in masks[i]], "shape": o.shape, "colour": o.colour}
+        entry.update({"size": o.size, "motion": o.motion})
+        if shown is not None:
+            entry["shown"] = [shown[i].start, shown[i].stop]
+        entries[str(i)] = entry
+    return {
+        "dataset": dataset,
         "task": task,
         "frames": num_frames,
         "height": size,
         "width": size,
         "frame_names": [f"{t:05d}" for t in range(num_frames)],
-        "objects": {
-            str(i): {
-                "masks": [encode_rle(m) for m in masks[i]],
-                "shape": o.shape,
-                "colour": o.colour,
-                "size": o.size,
-                "motion": o.motion,
-            }
-            for i, o in enumerate(objects)
-        },
+        "objects": entries,
         "queries": queries,
     }
-    return meta, frames
 
 
 def generate_long_record(
@@ -566,27 +578,7 @@ def generate_long_record(
         }
         for q, i in enumerate((2, 1))
     ]
-    meta = {
-        "dataset": "synthetic-long",
-        "task": "rvos",
-        "frames": num_frames,
-        "height": size,
-        "width": size,
-        "frame_names": [f"{t:05d}" for t in range(num_frames)],
-        "objects": {
-            str(i): {
-                "masks": [encode_rle(m) for m in masks[i]],
-                "shape": o.shape,
-                "colour": o.colour,
-                "size": o.size,
-                "motion": o.motion,
-                "shown": [shown[i].start, shown[i].stop],
-            }
-            for i, o in enumerate(objects)
-        },
-        "queries": queries,
-    }
-    return meta, frames
+    return record_meta("synthetic-long", "rvos", size, objects, masks, queries, shown), frames
 
 
 def write_long(
