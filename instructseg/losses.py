@@ -11,6 +11,9 @@ Legend: B batch, Q queries, h x w mask-logit resolution, H x W target resolution
   uncertain ``importance_sample_ratio`` share, fill with uniform points), summed over masks / number of masks.
 * Ignore regions (ReasonSeg's ``ignore``): a sampled point whose bilinear footprint touches an ignored target pixel
   is left out of the matching cost, the BCE and the Dice, so the target under an ignore region changes no term.
+* Several objects per query (``object_masks`` / ``object_count`` from ``target_mode="objects"``): the K objects
+  of a sample are K targets, Hungarian-matched to K distinct queries, each matched query gets class target 1 and the
+  mask loss of its object; without them each sample has one target, the union of its objects (the paper).
 * Deep supervision: the same three terms on every decoder step, summed.
 * Text loss: next-token cross-entropy on supervised answer tokens (computed by the LLM), weighted.
 """
