@@ -301,7 +301,14 @@ def export(
 
 
 def synthetic(
-    out: Path, train: int = 2000, val: int = 200, seed: int = 0, size: int = 64, records_per_shard: int = 100
+    out: Path,
+    train: int = 2000,
+    val: int = 200,
+    seed: int = 0,
+    size: int = 64,
+    records_per_shard: int = 100,
+    multi_object: float = 0.0,
+    long: int = 0,
 ) -> None:
     """Write the synthetic instructed-segmentation benchmark (shapes, referring/reasoning/motion/no-target queries)
     and print the query-blind baselines on its validation split.
@@ -313,13 +320,20 @@ def synthetic(
         seed: generator seed.
         size: image side in pixels.
         records_per_shard: records per shard file.
+        multi_object: share of queries that name several objects ("all the red shapes"); 0 keeps the default
+            benchmark byte-identical.
+        long: long videos (100-1000 frames; the target visible in part of it, distractors, occlusion) in OUT/long/.
     """
     from datamodules.synthetic import main as synthetic_main
 
-    _check(train >= 0 and val >= 0 and train + val > 0, f"--train/--val: counts >= 0, not both 0; got {train}, {val}.")
+    _check(
+        train >= 0 and val >= 0 and train + val + long > 0, f"--train/--val/--long: counts >= 0, got {train}, {val}."
+    )
     _check(size >= 32 and records_per_shard >= 1, f"--size >= 32 and --records_per_shard >= 1; got {size}.")
-    synthetic_main(["--out", str(out), "--train", str(train), "--val", str(val), "--seed", str(seed),
-                    "--size", str(size), "--records-per-shard", str(records_per_shard)])  # fmt: skip
+    _check(0.0 <= multi_object <= 1.0 and long >= 0, "--multi_object: a rate in [0, 1]; --long: a count >= 0.")
+    argv = ["--out", str(out), "--train", str(train), "--val", str(val), "--seed", str(seed), "--size", str(size)]
+    argv += ["--records-per-shard", str(records_per_shard), "--multi-object", str(multi_object), "--long", str(long)]
+    synthetic_main(argv)
 
 
 def make_tiny(

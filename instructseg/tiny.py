@@ -7,12 +7,11 @@ same ``from_pretrained`` code path as the real checkpoints. The unit tests use r
 (:func:`save_tiny_pretrained`); the README main job trains them first on the synthetic benchmark's scenes
 (:func:`make_tiny` with ``pretrain=True``, stage 0 in :mod:`instructseg.pretrain`).
 
-    python -m instructseg.tiny --out checkpoints/tiny-pretrained [--pretrain]
+    instructseg make-tiny --out checkpoints/tiny-pretrained [--pretrain true]
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,18 +219,3 @@ def make_tiny(
 
         return pretrain_tiny(Path(out), seed=seed, image_size=image_size)
     return save_tiny_pretrained(out, image_size, seed)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="checkpoints/tiny-pretrained", help="output directory")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pretrain", action="store_true", help="train the parts on the synthetic domain (stage 0)")
-    args = parser.parse_args()
-    out = make_tiny(Path(args.out), pretrain=args.pretrain, seed=args.seed, image_size=args.image_size)
-    print(f"tiny pretrained parts in {out}")
-
-
-if __name__ == "__main__":
-    main()
