@@ -31,7 +31,6 @@ from instructseg.metrics import ImageSegMetric
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.progress import ProgressLog
 
-
 PAPER_CONFIG = InstructSegConfig.from_name("instructseg-phi2")
 
 
@@ -183,7 +182,7 @@ class InstructSegModule(L.LightningModule):
                 self.val_no_target[task].update(selection.no_target[i].float())
 
     def on_validation_epoch_end(self) -> None:
-        if hasattr(self, "_fit_start"):  # wall time of the run so far, for learning curves (benchmarks/train_quality.py)
+        if hasattr(self, "_fit_start"):  # wall time so far, for learning curves (benchmarks/train_quality.py)
             self.log("time/elapsed_s", time.perf_counter() - self._fit_start)
         # compute() syncs across DDP ranks, so every rank calls it for every task; only tasks seen are logged
         for task in TASKS:
