@@ -17,7 +17,9 @@ scenes only; the validation split is never seen):
   (or background), and a region-text contrastive *pointing* term makes the LM's hidden state at the end of the
   instruction pick the target's patches among the key frame's image positions (or a "no object" slot).
 * **Mask2Former** — Swin + pixel decoder + transformer decoder trained for class-agnostic object masks (one class,
-  "object") with ``transformers``' own Hungarian-matched Mask2Former loss.
+  "object") with ``transformers``' own Hungarian-matched Mask2Former loss; ``Stage0Config.mask_labels`` trains it on
+  attribute classes instead (``("colour", "shape")``: 40 classes such as "red circle", the way the real one is
+  trained on COCO's classes; measured in ``benchmarks/binding_ablations.py``, it does not help the tiny model).
 
 The parts are saved with ``save_pretrained`` into ``root/{siglip,llm,mask2former}`` (the layout of
 :func:`instructseg.tiny.save_tiny_pretrained`); the trained projector goes to ``root/siglip/projector.safetensors``,
@@ -68,6 +70,7 @@ class Stage0Config:
         mask_steps: optimizer steps of the Mask2Former pretraining.
         mask_batch: images per Mask2Former step.
         mask_lr: peak AdamW learning rate of Mask2Former.
+        mask_labels: object attributes whose combination is Mask2Former's class (``()``: one class, "object").
         select_layer: SigLIP hidden state the projector reads (the segmentation model's ``vision.select_layer``).
     """
 
@@ -79,6 +82,7 @@ class Stage0Config:
     mask_steps: int = 300
     mask_batch: int = 8
     mask_lr: float = 1e-3
+    mask_labels: tuple[str, ...] = ()
     select_layer: int = -2
 
 
@@ -110,6 +114,13 @@ class Scene:
             under = self._under_patch_centres(object_id, frame, grid)
             labels[under] = [self.values[a].index(self.objects[object_id][a]) for a in PATCH_ATTRIBUTES]
         return torch.from_numpy(labels)
+
+    def object_class(self, object_id: str, attributes: tuple[str, ...]) -> int:
+        """Index of the object's class among :func:`mask_classes` ``(values, attributes)``."""
+        index = 0
+        for name in attributes:
+            index = index * len(self.values[name]) + self.values[name].index(self.objects[object_id][name])
+        return index
 
     def patch_mask(self, object_ids: list[str], frame: int, grid: int) -> torch.Tensor:
         """``(grid * grid,)`` bool: patches whose centre lies on one of ``object_ids`` on ``frame``."""
@@ -146,6 +157,15 @@ def synthetic_scenes(count: int, seed: int, image_size: int) -> list[Scene]:
         attrs = {i: {k: o[k] for k in ("shape", "colour", "size", "motion")} for i, o in objects.items()}
         scenes.append(Scene(task, list(frames), masks, attrs, meta["queries"], values))
     return scenes
+
+
+def mask_classes(values: dict[str, list[str]], attributes: tuple[str, ...]) -> tuple[str, ...]:
+    """Class names of the stage-0 Mask2Former: every combination of ``attributes``' values (``"red circle"``, ...),
+    in the order of :meth:`Scene.object_class`; ``("object",)`` without attributes."""
+    names = [""]
+    for name in attributes:
+        names = [f"{prefix} {value}".strip() for prefix in names for value in values[name]]
+    return tuple(names) if attributes else ("object",)
 
 
 def position_words(mask: np.ndarray) -> str:
@@ -382,26 +402,28 @@ def pretrain_mllm(
 def pretrain_mask2former(
     segmenter: nn.Module, scenes: list[Scene], config: Stage0Config, seed: int, log: Callable[[str], None] = log_line
 ) -> dict[str, float]:
-    """Train a ``Mask2FormerForUniversalSegmentation`` (one class, "object") on every object's mask, in place.
+    """Train a ``Mask2FormerForUniversalSegmentation`` on every object's mask and class, in place.
 
     A training image is a random frame of a random scene with the mask-branch preprocessing of the segmentation
-    model; its targets are the visible masks of the objects on that frame.
+    model; its targets are the visible masks of the objects on that frame, each with its class
+    (:meth:`Scene.object_class` of ``config.mask_labels``).
     """
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)
     size = segmenter.config.backbone_config.image_size
     segmenter.train()
 
-    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+    def sample() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scene = rng.choice(scenes)
         t = rng.randrange(len(scene.frames))
-        masks = [m[t] for m in scene.masks.values() if m[t].any()]
-        return mask_branch_input(scene.frames[t], size)[0], torch.from_numpy(np.stack(masks)).float()
+        shown = [i for i, m in scene.masks.items() if m[t].any()]
+        masks = torch.from_numpy(np.stack([scene.masks[i][t] for i in shown])).float()
+        labels = torch.tensor([scene.object_class(i, config.mask_labels) for i in shown])
+        return mask_branch_input(scene.frames[t], size)[0], masks, labels
 
     def loss_fn(step: int) -> dict[str, torch.Tensor]:
-        pixels, masks = zip(*(sample() for _ in range(config.mask_batch)))
-        labels = [torch.zeros(len(m), dtype=torch.long) for m in masks]
-        out = segmenter(pixel_values=torch.stack(pixels), mask_labels=list(masks), class_labels=labels)
+        pixels, masks, labels = zip(*(sample() for _ in range(config.mask_batch)))
+        out = segmenter(pixel_values=torch.stack(pixels), mask_labels=list(masks), class_labels=list(labels))
         return {"loss": out.loss}
 
     final = _train("mask2former", list(segmenter.parameters()), config.mask_steps, config.mask_lr, loss_fn, log)
@@ -411,7 +433,8 @@ def pretrain_mask2former(
 
 def stage0_settings(seed: int, image_size: int, config: Stage0Config) -> dict[str, Any]:
     """What ``stage0.json`` must hold for a directory to be reused."""
-    return {"format": FORMAT_VERSION, "seed": seed, "image_size": image_size, "config": asdict(config)}
+    settings = {"format": FORMAT_VERSION, "seed": seed, "image_size": image_size, "config": asdict(config)}
+    return json.loads(json.dumps(settings))  # as stored (tuples become lists)
 
 
 def is_valid_stage0(root: Path, settings: dict[str, Any]) -> bool:
@@ -462,7 +485,8 @@ def pretrain_tiny(
     start = time.perf_counter()
     log(f"[stage 0] generating {config.scenes} synthetic training scenes (seed {seed}, {image_size} px)")
     scenes = synthetic_scenes(config.scenes, seed, image_size)
-    parts = build_tiny_parts(image_size=image_size, seed=seed, pretrained_sizes=True)
+    classes = mask_classes(scenes[0].values, config.mask_labels)
+    parts = build_tiny_parts(image_size=image_size, seed=seed, pretrained_sizes=True, mask_classes=classes)
     projector, mllm_loss = pretrain_mllm(parts.siglip, parts.llm, parts.tokenizer, scenes, config, seed, log)
     mask_loss = pretrain_mask2former(parts.mask2former, scenes, config, seed, log)
     tmp = root.with_name(root.name + ".tmp")

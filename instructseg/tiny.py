@@ -71,7 +71,7 @@ class TinyParts:
         siglip: a ``SiglipVisionModel``.
         llm: a ``PhiForCausalLM``.
         tokenizer: its ``PreTrainedTokenizerFast`` (:func:`build_tiny_tokenizer`).
-        mask2former: a ``Mask2FormerModel``, or a ``Mask2FormerForUniversalSegmentation`` (one class, "object")
+        mask2former: a ``Mask2FormerModel``, or a ``Mask2FormerForUniversalSegmentation`` (classes ``mask_classes``)
             when built for stage-0 pretraining; :meth:`save` writes its ``Mask2FormerModel`` either way.
     """
 
@@ -100,7 +100,9 @@ PRETRAINED_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_tiny_parts(image_size: int = 64, seed: int = 0, pretrained_sizes: bool = False) -> TinyParts:
+def build_tiny_parts(
+    image_size: int = 64, seed: int = 0, pretrained_sizes: bool = False, mask_classes: tuple[str, ...] = ("object",)
+) -> TinyParts:
     """Tiny SigLIP, Phi + tokenizer and Mask2Former (Swin backbone) with random weights drawn from ``seed``.
 
     Args:
@@ -108,6 +110,7 @@ def build_tiny_parts(image_size: int = 64, seed: int = 0, pretrained_sizes: bool
         seed: weight initialisation seed.
         pretrained_sizes: apply :data:`PRETRAINED_SIZES` and build the Mask2Former with its segmentation head, for
             stage-0 pretraining (:mod:`instructseg.pretrain`); False gives the random parts of the unit tests.
+        mask_classes: class names of that segmentation head (with ``pretrained_sizes``).
     """
     from transformers import (
         Mask2FormerConfig,
@@ -173,8 +176,9 @@ def build_tiny_parts(image_size: int = 64, seed: int = 0, pretrained_sizes: bool
     )
     config = Mask2FormerConfig(**{**mask2former_config, **sizes["mask2former"]})
     if pretrained_sizes:
-        config.num_labels = 1
-        config.id2label, config.label2id = {0: "object"}, {"object": 0}
+        config.num_labels = len(mask_classes)
+        config.id2label = dict(enumerate(mask_classes))
+        config.label2id = {name: i for i, name in enumerate(mask_classes)}
         mask2former = Mask2FormerForUniversalSegmentation(config)
     else:
         mask2former = Mask2FormerModel(config)

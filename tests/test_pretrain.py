@@ -12,7 +12,15 @@ from safetensors.torch import load_file
 from instructseg.config import InstructSegConfig
 from instructseg.modeling.instructseg import InstructSeg
 from instructseg.modeling.vision import PROJECTOR_FILE
-from instructseg.pretrain import STAGE0_FILE, Scene, Stage0Config, describe, position_words, pretrain_tiny
+from instructseg.pretrain import (
+    STAGE0_FILE,
+    Scene,
+    Stage0Config,
+    describe,
+    mask_classes,
+    position_words,
+    pretrain_tiny,
+)
 from instructseg.tiny import make_tiny
 
 SMALL = Stage0Config(scenes=8, mllm_steps=2, mllm_batch=2, mask_steps=2, mask_batch=2)
@@ -77,6 +85,26 @@ def test_stage0_is_deterministic_reused_and_loads_through_from_pretrained(tmp_pa
     assert all(torch.equal(model.siglip.projector.state_dict()[k], v) for k, v in projector.items())
     queries = load_file(second / "mask2former" / "model.safetensors")["transformer_module.queries_embedder.weight"]
     assert torch.equal(model.mask_decoder.query_position.weight, queries)  # the trained Mask2Former, 8 queries
+
+
+def test_mask_classes_name_every_attribute_combination_in_object_class_order():
+    scene = _scene()
+    names = mask_classes(scene.values, ("colour", "shape"))
+    assert names == ("red circle", "red star", "pink circle", "pink star")
+    assert names[scene.object_class("0", ("colour", "shape"))] == "pink star"
+    assert mask_classes(scene.values, ()) == ("object",) and scene.object_class("0", ()) == 0
+
+
+def test_stage0_with_attribute_classes_trains_a_mask2former_on_them(tmp_path):
+    config = Stage0Config(**{**SMALL.__dict__, "mask_labels": ("colour", "shape")})
+    root = pretrain_tiny(tmp_path / "classes", seed=0, image_size=64, config=config, log=lambda line: None)
+    stored = json.loads((root / "mask2former" / "config.json").read_text())
+    assert len(stored["id2label"]) == 40 and stored["id2label"]["0"] == "red circle"
+    assert json.loads((root / STAGE0_FILE).read_text())["settings"]["config"]["mask_labels"] == ["colour", "shape"]
+    lines: list[str] = []
+    pretrain_tiny(root, seed=0, image_size=64, config=config, log=lines.append)
+    assert "reusing" in lines[0]  # the tuple setting matches its JSON record
+    InstructSeg.from_config(InstructSegConfig.from_name("tiny").with_pretrained_root(root))  # loads as usual
 
 
 def test_random_parts_stay_the_default(tmp_path):
