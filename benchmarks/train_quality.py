@@ -13,7 +13,9 @@ first two steps of scripts/main_job.sh). Prints, as Markdown tables:
 * the query-blind baselines of the validation split (largest / first object, full image, empty mask), the floor a
   model that ignores the instruction reaches;
 * the diagnosis of each checkpoint of the run: on validation key frames with a target, the mean IoU of the selected
-  query, of the best of all Q queries (the "oracle": how good the masks are) and of the top raw score.
+  query, of the best of all Q queries (the "oracle": how good the masks are) and of the top raw score; and what
+  each side of the score knows (a linear probe from the decoder query states to the colour of their own masks, and
+  from the classifier ``e`` to the target's colour: held-out R², 0 = nothing).
 
 and draws the curve, the baselines and the diagnosis in one PNG (``--plot``, default ``<run>/learning_curve.png``).
 """
@@ -31,6 +33,9 @@ import torch.nn.functional as F
 
 TASKS = ("res", "reasonseg", "rvos", "reasonvos")
 DIAGNOSIS = ("selected", "best query (oracle)", "top raw score")
+#: Linear probes of :func:`diagnose`: does a decoder query know the colour of the mask it draws, does the
+#: classifier ``e`` know the target's colour (held-out R²).
+PROBES = ("query→own colour R²", "e→target colour R²")
 VAL_GLOB = "data/synthetic/val/*.tar"
 
 
@@ -61,9 +66,36 @@ def empty_curve_reason(metrics_csv: Path) -> str:
     )
 
 
+def linear_r2(x: torch.Tensor, y: torch.Tensor, train_share: float = 0.7, ridge: float = 0.1) -> float:
+    """Held-out R² of a ridge regression ``x (n, d) → y (n, k)``: fitted on the first ``train_share`` of the rows,
+    scored on the rest (1 = ``y`` is a linear function of ``x``, 0 = no better than the mean)."""
+    n = len(x)
+    cut = int(n * train_share)
+    if cut < 2 or n - cut < 2:
+        return float("nan")
+    xb = torch.cat([x.double(), torch.ones(n, 1, dtype=torch.double)], 1)
+    weights = torch.linalg.solve(
+        xb[:cut].T @ xb[:cut] + ridge * torch.eye(xb.shape[1], dtype=torch.double), xb[:cut].T @ y[:cut].double()
+    )
+    residual = ((xb[cut:] @ weights - y[cut:]) ** 2).sum()
+    total = ((y[cut:] - y[cut:].double().mean(0)) ** 2).sum()
+    return float(1 - residual / total)
+
+
+def region_colours(masks: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (normalised) colour under each mask: ``masks (B, M, h, w)`` 0/1, ``pixel_values (B, 3, S, S)`` →
+    ``(B, M, 3)`` and the masks' areas ``(B, M)`` (in ``h x w`` cells)."""
+    image = F.interpolate(pixel_values.float(), size=masks.shape[-2:], mode="area")  # (B, 3, h, w)
+    area = masks.sum((2, 3))
+    return torch.einsum("bmhw,bchw->bmc", masks, image) / area.clamp(min=1)[..., None], area
+
+
 @torch.no_grad()
 def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12) -> dict[str, float]:
-    """Mean IoU of the selected query, the best query and the top-score query on validation key frames."""
+    """On validation key frames: mean IoU of the selected query, the best query and the top-score query (samples
+    with a target), and what the two sides of the score ``<MLP(query), e>`` know — the held-out R² of a linear probe
+    from each final decoder query state to the mean colour of its own mask, and from the VMTF classifier ``e`` to
+    the mean colour of the target (:func:`linear_r2`)."""
     from datamodules import InstructSegDataModule
     from instructseg.checkpoint import load_training_checkpoint
 
@@ -79,7 +111,13 @@ def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12
         num_workers=0,
     )
     data.setup("validate")
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.mask_decoder.score_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("query", i[0])),
+        model.fusion.register_forward_hook(lambda m, i, o: seen.__setitem__("e", o)),
+    ]
     sums, count = dict.fromkeys(DIAGNOSIS, 0.0), 0
+    probes: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {name: ([], []) for name in PROBES}
     for index, batch in enumerate(data.val_dataloader()):
         if index == batches:
             break
@@ -98,7 +136,18 @@ def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12
         for name, pick in picks.items():
             sums[name] += float(iou[rows, pick][keep].sum())
         count += int(keep.sum())
-    return {name: value / max(count, 1) for name, value in sums.items()}
+        colour, area = region_colours((prediction.mask_logits[-1] > 0).float(), batch["pixel_values"])
+        probes[PROBES[0]][0].append(seen["query"].transpose(0, 1)[area > 0])  # (Q, B, C) → kept queries
+        probes[PROBES[0]][1].append(colour[area > 0])
+        colour, area = region_colours(target.float(), batch["pixel_values"])
+        has = keep & (area[:, 0] > 0)
+        probes[PROBES[1]][0].append(seen["e"][has])
+        probes[PROBES[1]][1].append(colour[has, 0])
+    for hook in hooks:
+        hook.remove()
+    result = {name: value / max(count, 1) for name, value in sums.items()}
+    result.update({name: linear_r2(torch.cat(x), torch.cat(y)) for name, (x, y) in probes.items()})
+    return result
 
 
 def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
@@ -234,7 +283,10 @@ def report(metrics_csv: Path, plot_path: Path | None, val_dir: Path, diagnose_ch
         if diagnosis:
             print("\nmean IoU on validation key frames with a target, by how the query is chosen:")
             print(
-                table(["step", *DIAGNOSIS], [[str(s), *(_fmt(d[n]) for n in DIAGNOSIS)] for s, d in diagnosis.items()])
+                table(
+                    ["step", *DIAGNOSIS, *PROBES],
+                    [[str(s), *(_fmt(d[n]) for n in (*DIAGNOSIS, *PROBES))] for s, d in diagnosis.items()],
+                )
             )
     if plot_path is not None:
         plot(plot_path, rows, baselines, diagnosis, f"learning curve: {metrics_csv}")
@@ -261,13 +313,15 @@ def main() -> None:
     parser.add_argument("--val-dir", type=Path, default=Path("data/synthetic/val"), help="validation shards")
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to the metrics CSV)")
     parser.add_argument("--no-diagnosis", action="store_true", help="skip the per-checkpoint query diagnosis")
-    parser.add_argument("--diagnose", default=None, help="only diagnose this checkpoint: selected vs best-query IoU")
+    parser.add_argument(
+        "--diagnose", default=None, help="only diagnose this checkpoint: selected vs best-query IoU, probes"
+    )
     args = parser.parse_args()
     if args.diagnose:
         result = diagnose(args.diagnose, str(args.val_dir / "*.tar"))
         print(
             table(
-                ["query chosen by", "mean IoU (val key frames with a target)"],
+                ["val key frames", "value (mean IoU by how the query is chosen; probe R²)"],
                 [[k, _fmt(v)] for k, v in result.items()],
             )
         )

@@ -366,6 +366,18 @@ def test_eval_end_to_end_on_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path
     assert cli_main(["evaluate", "--model", str(tmp_path / "missing.ckpt"), "--data", str(data_yaml)]) == 2
 
 
+def test_query_diagnosis_of_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_quality import DIAGNOSIS, PROBES, diagnose
+
+    main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "3")])
+    found = diagnose(tmp_path / "run/ckpt/last.ckpt", f"{synthetic_dir}/val/*.tar", batches=2)
+    assert set(found) == {*DIAGNOSIS, *PROBES}
+    oracle = found["best query (oracle)"]
+    assert 0.0 <= found["selected"] <= oracle <= 1.0 and found["top raw score"] <= oracle
+    assert all(value <= 1.0 or value != value for value in (found[p] for p in PROBES))  # R² (or nan: few rows)
+
+
 def test_names_from_data_never_leave_the_output_folder():
     from instructseg.evaluation import safe_name
 
