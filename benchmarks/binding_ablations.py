@@ -67,6 +67,10 @@ VARIANTS: dict[str, Variant] = {
     ),
     "queries-2": Variant("2 mask queries instead of 8", ["--model.config.decoder.num_queries", "2"]),
     "m2f-classes": Variant("stage-0 Mask2Former trained on colour x shape classes", parts="stage0-classes"),
+    "fusion-stride-8": Variant(
+        "VMTF attends the stride-8 Swin map (8 x 8) instead of stride 32 (2 x 2)",
+        ["--model.config.fusion.image_stride", "8"],
+    ),
     "lr-3e-3": Variant("learning rate 3e-3 instead of 1e-3", ["--model.learning_rate", "0.003"]),
     "mask-128": Variant("mask branch at 128 px instead of 64", ["--model.config.mask.image_size", "128"]),
 }

@@ -126,9 +126,12 @@ class InstructSeg(nn.Module):
         p = config.perceiver
         self.perceiver = ObjectAwareVideoPerceiver(llm_dim, p.num_latents, p.depth, p.heads, p.dim_head, p.ff_mult)
         f = config.fusion
+        if f.image_stride not in (4, 8, 16, 32):
+            raise ValueError(f"config.fusion.image_stride must be 4, 8, 16 or 32, got {f.image_stride}.")
+        self.fusion_level = (4, 8, 16, 32).index(f.image_stride)  # index into the Swin pyramid (strides 4..32)
         self.fusion = VisionGuidedTextFusion(
             llm_dim,
-            self.swin.channels[-1],
+            self.swin.channels[self.fusion_level],
             f.dim,
             f.depth,
             f.heads,
@@ -335,7 +338,8 @@ class InstructSeg(nn.Module):
         if features.pyramid is None or features.pixel is None:
             raise ValueError("decode_masks: the frame features have no mask branch; pass mask_pixel_values.")
         mask_features, multi_scale = features.pixel
-        classifier = self.fusion(features.pyramid[-1], co.text_global, co.text_detailed, co.text_mask)  # (B, C)
+        image = features.pyramid[self.fusion_level]
+        classifier = self.fusion(image, co.text_global, co.text_detailed, co.text_mask)  # (B, C)
         return self.mask_decoder(multi_scale, mask_features, co.mask_queries.to(mask_features.dtype), classifier)
 
     @staticmethod

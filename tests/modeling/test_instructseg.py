@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from instructseg.config import InstructSegConfig
 from instructseg.losses import InstructSegCriterion
 from instructseg.modeling.instructseg import InstructSeg
 
@@ -127,3 +128,21 @@ def test_full_size_preset_on_meta_device():
     assert 3.0e9 < total < 4.0e9, total  # paper: ~3B (Phi-2 2.7B + SigLIP 0.4B + Swin-B + heads)
     assert 1.0e8 < trainable < 3.0e8, trainable  # OVP + VMTF + decoders + LoRA, no base LLM weights
     assert sum(p.numel() for p in model.llm.lm.parameters() if p.requires_grad) < 5e6  # LoRA only
+
+
+def test_text_fusion_reads_the_swin_map_of_its_stride(tiny_root, batch_factory):
+    """``fusion.image_stride`` picks the pyramid level the VMTF attends to (its 1x1 projection takes that level's
+    channels)."""
+    torch.manual_seed(0)
+    config = InstructSegConfig.from_name("tiny", fusion={"image_stride": 8}).with_pretrained_root(tiny_root)
+    model = InstructSeg.from_config(config).eval()
+    assert model.fusion_level == 1 and model.fusion.image_proj.in_channels == model.swin.channels[1]
+    seen = []
+    model.fusion.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    batch = batch_factory(model, ["the red square"], ["res"], [1])
+    with torch.no_grad():
+        model(batch)
+    side = model.config.mask.image_size // 8
+    assert seen == [torch.Size([1, model.swin.channels[1], side, side])]
+    with pytest.raises(ValueError, match="image_stride must be 4, 8, 16 or 32"):
+        InstructSeg.from_config(InstructSegConfig.from_name("tiny", fusion={"image_stride": 2}))
