@@ -14,8 +14,9 @@ first two steps of scripts/main_job.sh). Prints, as Markdown tables:
   model that ignores the instruction reaches;
 * the diagnosis of each checkpoint of the run: on validation key frames with a target, the mean IoU of the selected
   query, of the best of all Q queries (the "oracle": how good the masks are) and of the top raw score; and what
-  each side of the score knows (a linear probe from the decoder query states to the colour of their own masks, and
-  from the classifier ``e`` to the target's colour: held-out R², 0 = nothing).
+  each side of the score knows (a linear probe from the decoder query states to the colour of their own masks, from
+  the classifier ``e`` to the target's colour, and from the pixel features the decoder reads to each cell's colour:
+  held-out R², 0 = nothing).
 
 and draws the curve, the baselines and the diagnosis in one PNG (``--plot``, default ``<run>/learning_curve.png``).
 """
@@ -33,9 +34,10 @@ import torch.nn.functional as F
 
 TASKS = ("res", "reasonseg", "rvos", "reasonvos")
 DIAGNOSIS = ("selected", "best query (oracle)", "top raw score")
-#: Linear probes of :func:`diagnose`: does a decoder query know the colour of the mask it draws, does the
-#: classifier ``e`` know the target's colour (held-out R²).
-PROBES = ("query→own colour R²", "e→target colour R²")
+#: Linear probes of :func:`diagnose` (held-out R²): does a decoder query know the colour of the mask it draws, does
+#: the classifier ``e`` know the target's colour, and do the pixel features the decoder reads (the finest map of the
+#: pixel decoder, stride 8) know the colour of each cell.
+PROBES = ("query→own colour R²", "e→target colour R²", "pixel features→colour R²")
 VAL_GLOB = "data/synthetic/val/*.tar"
 
 
@@ -95,7 +97,7 @@ def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12
     """On validation key frames: mean IoU of the selected query, the best query and the top-score query (samples
     with a target), and what the two sides of the score ``<MLP(query), e>`` know — the held-out R² of a linear probe
     from each final decoder query state to the mean colour of its own mask, and from the VMTF classifier ``e`` to
-    the mean colour of the target (:func:`linear_r2`)."""
+    the mean colour of the target, and from the finest pixel-decoder map to each cell's colour (:func:`linear_r2`)."""
     from datamodules import InstructSegDataModule
     from instructseg.checkpoint import load_training_checkpoint
 
@@ -115,6 +117,7 @@ def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12
     hooks = [
         model.mask_decoder.score_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("query", i[0])),
         model.fusion.register_forward_hook(lambda m, i, o: seen.__setitem__("e", o)),
+        model.pixel_decoder.register_forward_hook(lambda m, i, o: seen.__setitem__("pixel", o[1][-1])),
     ]
     sums, count = dict.fromkeys(DIAGNOSIS, 0.0), 0
     probes: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {name: ([], []) for name in PROBES}
@@ -143,6 +146,10 @@ def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12
         has = keep & (area[:, 0] > 0)
         probes[PROBES[1]][0].append(seen["e"][has])
         probes[PROBES[1]][1].append(colour[has, 0])
+        cells = seen["pixel"]  # (B, C, h, w) at stride 8
+        image = F.interpolate(batch["pixel_values"].float(), size=cells.shape[-2:], mode="area")  # (B, 3, h, w)
+        probes[PROBES[2]][0].append(cells.permute(0, 2, 3, 1).flatten(0, 2))
+        probes[PROBES[2]][1].append(image.permute(0, 2, 3, 1).flatten(0, 2))
     for hook in hooks:
         hook.remove()
     result = {name: value / max(count, 1) for name, value in sums.items()}
