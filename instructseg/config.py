@@ -112,8 +112,9 @@ class TextFusionConfig:
     """True reproduces the released code: only the global text latent enters keys/values, so the detailed text
     tokens have no effect. False (default) follows the paper: all text latents are keys/values."""
     image_stride: int = 32
-    """Stride of the Swin map the text latents attend to: 32 (the paper's res5; a 32 x 32 map at 1024 px), or 16, 8,
-    4 for a small input, where res5 would be a map of a few cells (the tiny preset: 8, an 8 x 8 map at 64 px)."""
+    """Stride of the Swin map the text latents attend to: 32 (the paper's res5, a 32 x 32 map at 1024 px), or 16, 8
+    or 4 for small inputs, where res5 is a map of a few cells (at the tiny preset's 64 px: 2 x 2 at stride 32, 8 x 8
+    at stride 8; ``benchmarks/binding_ablations.py`` compares them)."""
 
 
 @dataclass
