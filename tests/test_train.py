@@ -425,3 +425,28 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tiny_root, synthetic_dir, t
     assert resumed.trainer.global_step == 7
     for name, value in trainable_state(resumed.model).items():
         torch.testing.assert_close(value, reference[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_every_ablation_variant_is_a_valid_fit_command(tiny_root, synthetic_dir, tmp_path, capsys):
+    """benchmarks/binding_ablations.py: each variant's arguments parse on top of the main job's and change what they
+    say (a typo in a variant would otherwise fail only after the other runs)."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from binding_ablations import FIT_CONFIGS, VARIANTS, fit_command
+
+    command = fit_command("v", VARIANTS["main-job"], tiny_root, 7, tmp_path)
+    assert command[:2] == ["instructseg", "fit"] and [c for c in command if c.endswith(".yaml")] == [
+        f"configs/{name}.yaml" for name in FIT_CONFIGS
+    ]
+    for name, variant in VARIANTS.items():
+        with pytest.raises(SystemExit):
+            main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path), *variant.fit_args, "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        for flag, value in zip(variant.fit_args[::2], variant.fit_args[1::2]):
+            node = printed
+            for part in flag.removeprefix("--").split("."):
+                node = node[part]
+            expected = yaml.safe_load(value)
+            same = node == expected or (isinstance(expected, (int, float)) and float(node) == float(expected))
+            assert same and not isinstance(expected, str), (name, flag, node, expected)
