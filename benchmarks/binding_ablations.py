@@ -49,6 +49,7 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "main-job": Variant("none (the README main job)"),
+    "seed-1": Variant("another seed (what a rerun changes)", ["--seed_everything", "1"]),
     "no-stage0": Variant("random tiny parts instead of stage 0", parts="random"),
     "lora-all": Variant(
         "LoRA r 16 on every linear of the LLM",
