@@ -19,7 +19,7 @@ scenes only; the validation split is never seen):
 * **Mask2Former** — Swin + pixel decoder + transformer decoder trained for class-agnostic object masks (one class,
   "object") with ``transformers``' own Hungarian-matched Mask2Former loss; ``Stage0Config.mask_labels`` trains it on
   attribute classes instead (``("colour", "shape")``: 40 classes such as "red circle", the way the real one is
-  trained on COCO's classes; measured in ``benchmarks/binding_ablations.py``, it does not help the tiny model).
+  trained on COCO's classes; ``benchmarks/binding_ablations.py`` measures it against the default).
 
 The parts are saved with ``save_pretrained`` into ``root/{siglip,llm,mask2former}`` (the layout of
 :func:`instructseg.tiny.save_tiny_pretrained`); the trained projector goes to ``root/siglip/projector.safetensors``,
