@@ -27,6 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_quality import DIAGNOSIS, PROBES, TASKS, _fmt, diagnose, latest_metrics_csv, table  # noqa: E402
 
+#: The probes of the two sides of the score (the pixel-feature probe is the same for every variant: see
+#: ``train_quality.py --diagnose``).
+SCORE_PROBES = PROBES[:2]
 FIT_CONFIGS = ("model/tiny", "data/synthetic", "trainer/cpu", "experiments/synthetic-tiny")
 MAIN_JOB_PARTS = Path("checkpoints/tiny-pretrained")
 
@@ -151,10 +154,10 @@ def main() -> None:
         rows.append(
             [name, VARIANTS[name].change, f"{metrics['time/elapsed_s'] / 60:.1f}"]
             + [_fmt(metrics.get(f"val/{t}/cIoU")) for t in TASKS]
-            + [_fmt(found[k]) for k in (*DIAGNOSIS[:2], *PROBES)]
+            + [_fmt(found[k]) for k in (*DIAGNOSIS[:2], *SCORE_PROBES)]
         )
     print(f"\n{args.steps} steps each (training minutes with {args.jobs} run(s) side by side, one thread each):")
-    header = ["variant", "change", "minutes", *(f"{t} cIoU" for t in TASKS), *DIAGNOSIS[:2], *PROBES]
+    header = ["variant", "change", "minutes", *(f"{t} cIoU" for t in TASKS), *DIAGNOSIS[:2], *SCORE_PROBES]
     print(table(header, rows))
 
 
