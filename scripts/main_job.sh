@@ -3,11 +3,8 @@
 # benchmark -> train the tiny preset on CPU -> evaluate (metrics table + JSON/CSV + overlay pictures) -> export ->
 # the README's Python example on the exported model (example inputs and a picture of the answers).
 # Run from the repository root inside the project's venv. STEPS=N trains N steps; PRETRAIN=0 uses random tiny parts
-# (written to checkpoints/tiny-random) instead of stage 0. Torch runs one thread per process unless OMP_NUM_THREADS is
-# set: the data loader works in a second process, and on two cores a second compute thread only contends with it (the
-# progress lines print samples/s; compare with OMP_NUM_THREADS=2).
+# (written to checkpoints/tiny-random) instead of stage 0.
 set -euo pipefail
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-outputs/main-job}
 STEPS=${STEPS:-1500}
 PRETRAIN=${PRETRAIN:-1}
