@@ -288,7 +288,7 @@ def report(metrics_csv: Path, plot_path: Path | None, val_dir: Path, diagnose_ch
         for step, checkpoint in sorted(checkpoint_steps(metrics_csv.parent).items()):
             diagnosis[step] = diagnose(checkpoint, str(val_dir / "*.tar"))
         if diagnosis:
-            print("\nmean IoU on validation key frames with a target, by how the query is chosen:")
+            print("\nvalidation key frames with a target: mean IoU by how the query is chosen; probes: held-out R²")
             print(
                 table(
                     ["step", *DIAGNOSIS, *PROBES],
