@@ -145,4 +145,6 @@ def test_text_fusion_reads_the_swin_map_of_its_stride(tiny_root, batch_factory):
     side = model.config.mask.image_size // 8
     assert seen == [torch.Size([1, model.swin.channels[1], side, side])]
     with pytest.raises(ValueError, match="image_stride must be 4, 8, 16 or 32"):
-        InstructSeg.from_config(InstructSegConfig.from_name("tiny", fusion={"image_stride": 2}))
+        InstructSeg.from_config(
+            InstructSegConfig.from_name("tiny", fusion={"image_stride": 2}).with_pretrained_root(tiny_root)
+        )
