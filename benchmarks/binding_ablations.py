@@ -136,12 +136,14 @@ def main() -> None:
             name = pending.pop(0)
             log = open(args.out / f"{name}.log", "w")
             command = fit_command(name, VARIANTS[name], parts[VARIANTS[name].parts], args.steps, args.out)
-            running[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), time.time())
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[name] = (process, log, time.time())
             print(f"[ablations] started {name}: {' '.join(command)}", flush=True)
         time.sleep(5)
-        for name, (process, start) in list(running.items()):
+        for name, (process, log, start) in list(running.items()):
             if process.poll() is not None:
                 del running[name]
+                log.close()
                 if process.returncode:
                     raise SystemExit(f"binding_ablations: {name} failed (exit {process.returncode}); see its log.")
                 seconds[name] = time.time() - start

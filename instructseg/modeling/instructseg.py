@@ -126,9 +126,11 @@ class InstructSeg(nn.Module):
         p = config.perceiver
         self.perceiver = ObjectAwareVideoPerceiver(llm_dim, p.num_latents, p.depth, p.heads, p.dim_head, p.ff_mult)
         f = config.fusion
-        if f.image_stride not in (4, 8, 16, 32):
-            raise ValueError(f"config.fusion.image_stride must be 4, 8, 16 or 32, got {f.image_stride}.")
-        self.fusion_level = (4, 8, 16, 32).index(f.image_stride)  # index into the Swin pyramid (strides 4..32)
+        strides = self.swin.strides
+        if f.image_stride not in strides:
+            allowed = f"{', '.join(map(str, strides[:-1]))} or {strides[-1]}"
+            raise ValueError(f"config.fusion.image_stride must be {allowed}, got {f.image_stride}.")
+        self.fusion_level = strides.index(f.image_stride)  # index into the Swin pyramid
         self.fusion = VisionGuidedTextFusion(
             llm_dim,
             self.swin.channels[self.fusion_level],
