@@ -41,8 +41,8 @@ class Variant:
     Attributes:
         change: the one change from the main job, in words.
         fit_args: extra ``instructseg fit`` arguments.
-        parts: ``"stage0"`` (the main job's parts), ``"random"`` (no stage 0) or ``"stage0-classes"`` (stage 0 with a
-            Mask2Former trained on colour x shape classes).
+        parts: ``"stage0"`` (the main job's parts), ``"random"`` (no stage 0) or a key of :data:`STAGE0_VARIANTS`
+            (stage 0 with other settings).
     """
 
     change: str
@@ -71,12 +71,22 @@ VARIANTS: dict[str, Variant] = {
     ),
     "queries-2": Variant("2 mask queries instead of 8", ["--model.config.decoder.num_queries", "2"]),
     "m2f-classes": Variant("stage-0 Mask2Former trained on colour x shape classes", parts="stage0-classes"),
+    "stage0-point-mean": Variant(
+        "stage-0 pointing from the instruction's mean hidden state, not its last token", parts="stage0-point-mean"
+    ),
     "fusion-stride-8": Variant(
         "VMTF attends the stride-8 Swin map (8 x 8) instead of stride 32 (2 x 2)",
         ["--model.config.fusion.image_stride", "8"],
     ),
     "lr-3e-3": Variant("learning rate 3e-3 instead of 1e-3", ["--model.learning_rate", "0.003"]),
     "mask-128": Variant("mask branch at 128 px instead of 64", ["--model.config.mask.image_size", "128"]),
+}
+
+
+#: Stage-0 settings of the variants that change stage 0 (``Stage0Config`` fields).
+STAGE0_VARIANTS: dict[str, dict] = {
+    "stage0-classes": {"mask_labels": ("colour", "shape")},
+    "stage0-point-mean": {"point_from": "mean"},
 }
 
 
@@ -90,8 +100,8 @@ def make_parts(kind: str, out: Path) -> Path:
     root = out / f"parts-{kind}"
     if kind == "random":
         return root if (root / "llm").is_dir() else save_tiny_pretrained(root)
-    if kind == "stage0-classes":
-        return pretrain_tiny(root, config=Stage0Config(mask_labels=("colour", "shape")))
+    if kind in STAGE0_VARIANTS:
+        return pretrain_tiny(root, config=Stage0Config(**STAGE0_VARIANTS[kind]))
     raise ValueError(f"unknown parts {kind!r}")
 
 

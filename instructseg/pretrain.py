@@ -13,7 +13,7 @@ scenes only; the validation split is never seen):
     description: ``"the small red triangle at the top left moving up"`` or ``"there is no such object"``;
   - a caption request with every object's description (colour, size, shape, position, and for videos motion);
 
-  with two auxiliary terms: every SigLIP token classifies the colour, shape and size of the object under its patch
+  with two auxiliary terms: every SigLIP token classifies the colour, shape and size of the object on its patch
   (or background), and a region-text contrastive *pointing* term makes the LM's hidden state at the end of the
   instruction pick the target's patches among the key frame's image positions (or a "no object" slot).
 * **Mask2Former** — Swin + pixel decoder + transformer decoder trained for class-agnostic object masks (one class,
@@ -49,10 +49,13 @@ from instructseg.constants import VIDEO_TASKS
 from instructseg.processing import SYSTEM_PROMPT, TASK_TEMPLATES, mask_branch_input, siglip_branch_input
 
 STAGE0_FILE = "stage0.json"
-#: Attributes the SigLIP tokens are also trained to classify, per patch (the object under the patch centre).
+#: Attributes the SigLIP tokens are also trained to classify, per patch (the object on the patch, Scene.patch_mask).
 PATCH_ATTRIBUTES = ("colour", "shape", "size")
+#: Share of a SigLIP patch an object must cover for the patch to be labelled with it (patch labels, pointing).
+PATCH_COVERAGE = 0.25
 PROJECTOR_FILE = "projector.safetensors"
-FORMAT_VERSION = 1
+#: 2: patch labels by coverage (PATCH_COVERAGE), not by patch centre; the instruction tokenized on its own
+FORMAT_VERSION = 2
 NO_OBJECT_ANSWER = "there is no such object"
 CAPTION_REQUEST = "Describe every object."
 
@@ -71,6 +74,8 @@ class Stage0Config:
         mask_batch: images per Mask2Former step.
         mask_lr: peak AdamW learning rate of Mask2Former.
         mask_labels: object attributes whose combination is Mask2Former's class (``()``: one class, "object").
+        point_from: where the pointing term reads the instruction (:class:`TinyMLLM`): ``"last"`` token or ``"mean"``
+            of its tokens.
         select_layer: SigLIP hidden state the projector reads (the segmentation model's ``vision.select_layer``).
     """
 
@@ -83,6 +88,7 @@ class Stage0Config:
     mask_batch: int = 8
     mask_lr: float = 1e-3
     mask_labels: tuple[str, ...] = ()
+    point_from: str = "last"
     select_layer: int = -2
 
 
@@ -107,12 +113,12 @@ class Scene:
     values: dict[str, list[str]]
 
     def patch_labels(self, frame: int, grid: int) -> torch.Tensor:
-        """``(grid * grid, len(PATCH_ATTRIBUTES))`` class of each attribute of the object under each patch centre;
-        the background is class ``len(values[attribute])``."""
+        """``(grid * grid, len(PATCH_ATTRIBUTES))`` class of each attribute of the object on each patch
+        (:meth:`patch_mask`); the background is class ``len(values[attribute])``."""
         labels = np.array([[len(self.values[a]) for a in PATCH_ATTRIBUTES]] * grid * grid)
         for object_id in self.masks:
-            under = self._under_patch_centres(object_id, frame, grid)
-            labels[under] = [self.values[a].index(self.objects[object_id][a]) for a in PATCH_ATTRIBUTES]
+            on = self._object_patches(object_id, frame, grid)
+            labels[on] = [self.values[a].index(self.objects[object_id][a]) for a in PATCH_ATTRIBUTES]
         return torch.from_numpy(labels)
 
     def object_class(self, object_id: str, attributes: tuple[str, ...]) -> int:
@@ -123,22 +129,32 @@ class Scene:
         return index
 
     def patch_mask(self, object_ids: list[str], frame: int, grid: int) -> torch.Tensor:
-        """``(grid * grid,)`` bool: patches whose centre lies on one of ``object_ids`` on ``frame``."""
+        """``(grid * grid,)`` bool, row-major: the patches of ``object_ids`` on ``frame``.
+
+        A patch belongs to an object it covers by at least :data:`PATCH_COVERAGE` of its area; an object visible on
+        ``frame`` that covers no patch that much owns its most-covered patch (a small star between four patch
+        centres is still somewhere, not "no object").
+        """
         on = np.zeros(grid * grid, dtype=bool)
         for object_id in object_ids:
-            on |= self._under_patch_centres(object_id, frame, grid)
+            on |= self._object_patches(object_id, frame, grid)
         return torch.from_numpy(on)
 
-    def _under_patch_centres(self, object_id: str, frame: int, grid: int) -> np.ndarray:
-        """``(grid * grid,)`` bool, row-major: the object's visible mask at each patch centre."""
-        h, w = self.frames[frame].shape[:2]
-        ys = ((np.arange(grid) + 0.5) * h / grid).astype(int)
-        xs = ((np.arange(grid) + 0.5) * w / grid).astype(int)
-        return self.masks[object_id][frame][ys[:, None], xs[None, :]].reshape(-1)
+    def _object_patches(self, object_id: str, frame: int, grid: int) -> np.ndarray:
+        mask = self.masks[object_id][frame]
+        h, w = mask.shape
+        if h % grid or w % grid:
+            raise ValueError(f"patch labels: a {h}x{w} frame does not split into {grid}x{grid} patches.")
+        coverage = mask.reshape(grid, h // grid, grid, w // grid).mean((1, 3)).reshape(-1)
+        on = coverage >= PATCH_COVERAGE
+        if not on.any() and coverage.max() > 0:
+            on = coverage == coverage.max()
+        return on
 
 
-def synthetic_scenes(count: int, seed: int, image_size: int) -> list[Scene]:
-    """The first ``count`` records of the synthetic *training* split (same scenes as its shards), decoded.
+def synthetic_scenes(count: int, seed: int, image_size: int, split: str = "train") -> list[Scene]:
+    """The first ``count`` records of a synthetic split (same scenes as its shards), decoded; stage 0 reads the
+    *training* split only (``split="val"`` is for held-out measurements, ``benchmarks/binding_ceiling.py``).
 
     ``datamodules`` is imported here only (the library does not depend on it otherwise): stage 0 is defined on the
     synthetic benchmark's domain.
@@ -151,7 +167,7 @@ def synthetic_scenes(count: int, seed: int, image_size: int) -> list[Scene]:
     scenes = []
     for index in range(count):
         task = TASK_CYCLE[index % len(TASK_CYCLE)]
-        meta, frames = generate_record(np.random.default_rng([seed, SPLITS["train"], index]), task, image_size)
+        meta, frames = generate_record(np.random.default_rng([seed, SPLITS[split], index]), task, image_size)
         objects = meta["objects"]
         masks = {i: np.stack([decode_rle(r) for r in o["masks"]]) for i, o in objects.items()}
         attrs = {i: {k: o[k] for k in ("shape", "colour", "size", "motion")} for i, o in objects.items()}
@@ -200,8 +216,11 @@ class MLLMExample:
 
     Attributes:
         frames: the frames shown, key frame first.
+        key_frame: the key frame's index in the scene.
         before: prompt text before the frames' tokens.
-        after: prompt text after them, up to the end of the instruction.
+        after: prompt text after them, up to ``"Text Prompt:"``.
+        instruction: the instruction (or caption request), tokenized on its own after ``after`` (with a leading
+            space), as :func:`instructseg.processing.tokenize_query` does: its tokens are the instruction span.
         answer: the answer text (after ``" ASSISTANT:"``).
         patch_labels: ``(len(frames), N, len(PATCH_ATTRIBUTES))`` patch classes for the SigLIP tokens.
         target_patches: ``(N,)`` bool, the key-frame patches on the instruction's target (all False: no target), or
@@ -209,8 +228,10 @@ class MLLMExample:
     """
 
     frames: list[np.ndarray]
+    key_frame: int
     before: str
     after: str
+    instruction: str
     answer: str
     patch_labels: torch.Tensor
     target_patches: torch.Tensor | None
@@ -246,8 +267,10 @@ def mllm_example(scene: Scene, rng: random.Random, caption_share: float, grid: i
         target_patches = scene.patch_mask(targets, key, grid)
     return MLLMExample(
         frames=[scene.frames[t] for t in shown],
+        key_frame=key,
         before=f"{SYSTEM_PROMPT} USER: This is {kind}",
-        after=f"\n{template} Text Prompt: {text}",
+        after=f"\n{template} Text Prompt:",
+        instruction=text,
         answer=f" {answer}",
         patch_labels=labels,
         target_patches=target_patches,
@@ -259,19 +282,27 @@ class TinyMLLM(nn.Module):
 
     Three losses: next-token cross-entropy on the answers; per-patch attribute classification of the SigLIP tokens
     (the tokens the segmentation model reads); and *pointing*, a region-text contrastive term: from the LM's last
-    hidden state at the end of the instruction and at ``"ASSISTANT:"``, a softmax over the key frame's image
-    positions (plus a "no object" slot) must put its mass on the target's patches. The heads are discarded after
-    stage 0.
+    hidden state at the instruction's last token (``point_from="last"``) or averaged over its tokens (``"mean"``, the
+    segmentation model's global text embedding, which its VMTF and OVP read), a softmax over the key frame's image
+    positions (plus a "no object" slot) must put its mass on the target's patches. ``benchmarks/binding_ceiling.py``
+    compares the two; ``benchmarks/binding_ablations.py`` (variant ``stage0-point-mean``) what each gives the
+    segmentation model. The heads are discarded after stage 0.
 
     Args:
         siglip: a ``SiglipVisionModel``.
         lm: a causal LM (``PhiForCausalLM``).
         select_layer: SigLIP hidden state fed to the projector.
         num_classes: classes per :data:`PATCH_ATTRIBUTES` entry (background included).
+        point_from: ``"last"`` (the instruction's last hidden state) or ``"mean"`` (their mean).
     """
 
-    def __init__(self, siglip: nn.Module, lm: nn.Module, select_layer: int, num_classes: list[int]) -> None:
+    def __init__(
+        self, siglip: nn.Module, lm: nn.Module, select_layer: int, num_classes: list[int], point_from: str = "last"
+    ) -> None:
         super().__init__()
+        if point_from not in ("mean", "last"):
+            raise ValueError(f"point_from: expected 'mean' or 'last', got {point_from!r}.")
+        self.point_from = point_from
         from instructseg.modeling.vision import make_projector
 
         self.siglip, self.lm, self.select_layer = siglip, lm, select_layer
@@ -290,43 +321,78 @@ class TinyMLLM(nn.Module):
         """``{"loss", "lm", "patch", "point", "point_acc"}`` on a batch of examples."""
         frames = [f for ex in examples for f in ex.frames]
         hidden, tokens = self.image_tokens(torch.stack([siglip_branch_input(f, image_size) for f in frames]))
-        labels_per_patch = torch.cat([ex.patch_labels for ex in examples])  # (F, N, A)
-        patch_loss = sum(
-            F.cross_entropy(head(hidden).flatten(0, 1), labels_per_patch[..., a].flatten())
-            for a, head in enumerate(self.patch_heads)
-        )
+        patch_loss = patch_attribute_loss(self.patch_heads, hidden, torch.cat([ex.patch_labels for ex in examples]))
         embed = self.lm.get_input_embeddings()
         n = tokens.shape[1]
         rows, labels, points, start = [], [], [], 0
         for b, ex in enumerate(examples):
-            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (ex.before, ex.after, ASSISTANT)]
+            texts = (ex.before, ex.after, f" {ex.instruction}", ASSISTANT)
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
             answer = tokenizer(ex.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             image = tokens[start : start + len(ex.frames)].flatten(0, 1)  # (len(frames) * N, D)
             start += len(ex.frames)
-            prompt = torch.cat([embed(torch.tensor(ids[0])), image, embed(torch.tensor(ids[1] + ids[2]))])
+            prompt = torch.cat([embed(torch.tensor(ids[0])), image, embed(torch.tensor(ids[1] + ids[2] + ids[3]))])
             rows.append(torch.cat([prompt, embed(torch.tensor(answer))]))
             labels.append(torch.tensor([-100] * len(prompt) + answer))
             if ex.target_patches is not None:
-                end_of_instruction = len(prompt) - len(ids[2]) - 1
-                points.append((b, len(ids[0]), [end_of_instruction, len(prompt) - 1], ex.target_patches))
+                end = len(prompt) - len(ids[3])  # the instruction is prompt[end - len(ids[2]) : end]
+                span = slice(end - (len(ids[2]) if self.point_from == "mean" else 1), end)
+                points.append((b, len(ids[0]), span, ex.target_patches))
         length = max(len(r) for r in rows)
         inputs = torch.stack([F.pad(r, (0, 0, 0, length - len(r))) for r in rows])
         mask = torch.stack([torch.arange(length) < len(r) for r in rows]).long()
         targets = torch.stack([F.pad(t, (0, length - len(t)), value=-100) for t in labels])
         out = self.lm(inputs_embeds=inputs, attention_mask=mask, labels=targets, output_hidden_states=True)
         last = out.hidden_states[-1]  # (B, S, D)
-        point_loss, point_hits = last.new_zeros(()), []
-        for b, first_image, queries, target in points:
-            keys = self.point_key(last[b, first_image : first_image + n])  # (N, D) key-frame positions
-            keys = torch.cat([keys, self.no_object_key[None]])  # (N + 1, D)
-            logits = self.point_query(last[b, queries]) @ keys.T / keys.shape[-1] ** 0.5  # (2, N + 1)
-            wanted = torch.cat([target, torch.tensor([not target.any()])])  # (N + 1,)
-            point_loss = point_loss + (logits.logsumexp(-1) - logits[:, wanted].logsumexp(-1)).mean()
-            point_hits.append(wanted[logits[-1].argmax()].float())
-        point_loss = point_loss / max(len(points), 1)
-        accuracy = torch.stack(point_hits).mean() if point_hits else last.new_zeros(())
+        pointed = [  # query: the instruction's mean hidden state; keys: the key frame's positions first : first + n
+            pointing(
+                self.point_query(last[b, span].mean(0, keepdim=True)),
+                self.point_key(last[b, first : first + n]),
+                self.no_object_key,
+                target,
+            )
+            for b, first, span, target in points
+        ]
+        point_loss, accuracy = mean_pointing(pointed, last)
         total = out.loss + patch_loss + point_loss
         return {"loss": total, "lm": out.loss, "patch": patch_loss, "point": point_loss, "point_acc": accuracy}
+
+
+def patch_attribute_loss(heads: nn.ModuleList, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over :data:`PATCH_ATTRIBUTES` of the cross-entropy of ``heads[a](hidden)`` ``(F, N, classes_a)`` against
+    ``labels[..., a]`` (``labels``: ``(F, N, A)`` from :meth:`Scene.patch_labels`)."""
+    return sum(F.cross_entropy(head(hidden).flatten(0, 1), labels[..., a].flatten()) for a, head in enumerate(heads))
+
+
+def pointing(
+    queries: torch.Tensor, keys: torch.Tensor, no_object: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region-text contrastive pointing of one example: a softmax over the key frame's ``N`` positions and a
+    "no object" slot must put its mass on the target's patches (on the slot when ``target`` is all False).
+
+    Args:
+        queries: ``(P, D)`` query vectors (the loss averages over them; the last one is scored for accuracy).
+        keys: ``(N, D)`` one key per key-frame patch; ``no_object``: ``(D,)`` the slot's key.
+        target: ``(N,)`` bool, the target's patches (:meth:`Scene.patch_mask`).
+
+    Returns:
+        The loss (scalar) and whether the last query's argmax lands on a wanted slot (0-dim float).
+    """
+    keys = torch.cat([keys, no_object[None]])  # (N + 1, D)
+    logits = queries @ keys.T / keys.shape[-1] ** 0.5  # (P, N + 1)
+    wanted = torch.cat([target, torch.tensor([not target.any()])])  # (N + 1,)
+    loss = (logits.logsumexp(-1) - logits[:, wanted].logsumexp(-1)).mean()
+    return loss, wanted[logits[-1].argmax()].float()
+
+
+def mean_pointing(
+    pointed: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy of :func:`pointing` results (zeros shaped like ``like`` when there are none)."""
+    if not pointed:
+        return like.new_zeros(()), like.new_zeros(())
+    losses, hits = zip(*pointed)
+    return torch.stack(losses).mean(), torch.stack(hits).mean()
 
 
 def log_line(line: str) -> None:
@@ -340,7 +406,7 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
 
 
-def _train(
+def train_steps(
     name: str,
     params: list[nn.Parameter],
     steps: int,
@@ -386,7 +452,7 @@ def pretrain_mllm(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     classes = [len(scenes[0].values[a]) + 1 for a in PATCH_ATTRIBUTES]
-    model = TinyMLLM(siglip, lm, config.select_layer, classes).train()
+    model = TinyMLLM(siglip, lm, config.select_layer, classes, config.point_from).train()
     image_size = siglip.config.image_size
     grid = image_size // siglip.config.patch_size
 
@@ -394,7 +460,7 @@ def pretrain_mllm(
         batch = [mllm_example(rng.choice(scenes), rng, config.caption_share, grid) for _ in range(config.mllm_batch)]
         return model(batch, tokenizer, image_size)
 
-    final = _train("mllm", list(model.parameters()), config.mllm_steps, config.mllm_lr, loss_fn, log)
+    final = train_steps("mllm", list(model.parameters()), config.mllm_steps, config.mllm_lr, loss_fn, log)
     model.eval()
     return {k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, final
 
@@ -426,7 +492,7 @@ def pretrain_mask2former(
         out = segmenter(pixel_values=torch.stack(pixels), mask_labels=list(masks), class_labels=list(labels))
         return {"loss": out.loss}
 
-    final = _train("mask2former", list(segmenter.parameters()), config.mask_steps, config.mask_lr, loss_fn, log)
+    final = train_steps("mask2former", list(segmenter.parameters()), config.mask_steps, config.mask_lr, loss_fn, log)
     segmenter.eval()
     return final
 

@@ -18,6 +18,8 @@ from instructseg.pretrain import (
     Stage0Config,
     describe,
     mask_classes,
+    mean_pointing,
+    pointing,
     position_words,
     pretrain_tiny,
 )
@@ -52,13 +54,25 @@ def test_position_words_and_descriptions():
     assert describe(_scene("rvos"), "0", 1) == "the small pink star at the bottom right moving down"
 
 
-def test_patch_labels_name_the_object_under_each_patch_centre():
-    labels = _scene().patch_labels(0, grid=4)  # patch centres at pixels 4, 12, 20, 28
+def test_patch_labels_name_the_object_covering_each_patch():
+    labels = _scene().patch_labels(0, grid=4)  # 8 x 8-pixel patches; the object covers rows 2:10, columns 20:30
     assert labels.shape == (16, 3)
     on_object = {int(i) for i in torch.nonzero((labels != torch.tensor([2, 2, 2])).all(1))}
-    assert on_object == {2, 3}  # row 0 (y = 4), columns 2 and 3 (x = 20, 28)
+    assert on_object == {2, 3}  # row 0 covered 6/8 x 4/8 and 6/8 x 6/8; row 1 only 2/8 x . (below PATCH_COVERAGE)
     assert labels[3].tolist() == [1, 1, 0]  # pink, star, small
     assert labels[0].tolist() == [2, 2, 2]  # background is the last class of each attribute
+
+
+def test_a_small_object_between_patch_centres_still_owns_its_most_covered_patch():
+    scene = _scene()
+    small = np.zeros((1, 32, 32), dtype=bool)
+    small[0, 5:10, 5:10] = True  # 5 x 5 pixels across the corner of four patches, no patch centre (4 or 12) on it
+    scene.masks["0"] = small
+    assert int(scene.patch_mask(["0"], 0, grid=4).sum()) == 1
+    assert bool(scene.patch_mask(["0"], 0, grid=4)[0])  # patch (0, 0) holds 3 x 3 of its pixels, the most
+    assert (scene.patch_labels(0, grid=4)[0] == torch.tensor([1, 1, 0])).all()
+    with pytest.raises(ValueError, match="does not split into 5x5"):
+        scene.patch_mask(["0"], 0, grid=5)
 
 
 @pytest.mark.slow
@@ -114,3 +128,52 @@ def test_random_parts_stay_the_default(tmp_path):
     assert InstructSeg.from_config(config.with_pretrained_root(root)).siglip.tower.config.num_hidden_layers == 2
     with pytest.raises(ValueError, match="multiple of 32"):
         make_tiny(tmp_path / "bad", image_size=48)
+
+
+def test_pointing_is_the_softmax_mass_on_the_target_or_the_no_object_slot():
+    keys, no_object = torch.eye(3), torch.zeros(3)  # 3 patches, one-hot keys; logits = query / sqrt(3)
+    query = torch.tensor([[3.0, 0.0, 0.0]])
+    loss, hit = pointing(query, keys, no_object, torch.tensor([True, False, False]))
+    logits = torch.tensor([3.0, 0.0, 0.0, 0.0]) / 3**0.5
+    assert torch.isclose(loss, -torch.log_softmax(logits, 0)[0]) and hit == 1.0
+    two = torch.tensor([False, True, True])  # mass on either target patch counts
+    loss, hit = pointing(query, keys, no_object, two)
+    assert torch.isclose(loss, -torch.logsumexp(torch.log_softmax(logits, 0)[1:3], 0)) and hit == 0.0
+    no_target = torch.zeros(3, dtype=torch.bool)
+    _, hit = pointing(-torch.ones(1, 3), keys, no_object, no_target)  # patches' logits < the slot's 0: the slot wins
+    assert hit == 1.0
+    assert mean_pointing([], torch.ones(2)) == (0.0, 0.0)
+
+
+def test_stage0_points_from_the_instructions_mean_hidden_state():
+    """The pointing query reads the LM's final hidden states over exactly the instruction's tokens (prompt layout:
+    before, key frame + second frame tokens, after, instruction, " ASSISTANT:"), averaged, or the last of them."""
+    import random
+
+    from instructseg.pretrain import ASSISTANT, TinyMLLM, mllm_example
+    from instructseg.tiny import build_tiny_parts
+
+    parts = build_tiny_parts(pretrained_sizes=True)
+    scene = _scene()
+    scene.frames = [np.zeros((64, 64, 3), dtype=np.uint8)]
+    scene.masks = {"0": np.pad(scene.masks["0"], ((0, 0), (0, 32), (0, 32)))}
+    scene.queries = [{"text": "the small pink star", "object_ids": ["0"], "type": "referring"}]
+    example = mllm_example(scene, random.Random(0), 0.0, grid=8)
+    tok = parts.tokenizer
+    sizes = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in (example.before, example.after)]
+    start = sizes[0] + 64 + sizes[1]  # one frame of 8 x 8 tokens
+    length = len(tok(" the small pink star", add_special_tokens=False)["input_ids"])
+    for point_from, span in (
+        ("mean", slice(start, start + length)),
+        ("last", slice(start + length - 1, start + length)),
+    ):
+        model = TinyMLLM(parts.siglip, parts.llm, -2, [3, 3, 3], point_from=point_from).eval()
+        seen = {}
+        model.point_query.register_forward_hook(lambda m, args, out: seen.update(query=args[0]))
+        model.lm.register_forward_hook(lambda m, args, out: seen.update(last=out.hidden_states[-1]))
+        with torch.no_grad():
+            model([example], tok, 64)
+        assert torch.allclose(seen["query"], seen["last"][0, span].mean(0, keepdim=True))
+    assert ASSISTANT == " ASSISTANT:"
+    with pytest.raises(ValueError, match="point_from"):
+        TinyMLLM(parts.siglip, parts.llm, -2, [3, 3, 3], point_from="first")
