@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [["random visible object", "–", "–", *(_fmt(baseline[c]) for c in COLUMNS)]]
     for name in pointers:
         rows += run_pointer(name, train, val_examples, columns, args)
-    counts = {c: columns.count(c) for c in COLUMNS[:-1]}
-    print(f"\nheld-out pointing accuracy ({len(val_examples)} examples of {len(val)} validation scenes: {counts})")
+    counts = ", ".join(f"{c} {columns.count(c)}" for c in COLUMNS[:-1])
+    print(f"\nheld-out pointing accuracy on {len(val_examples)} examples of {len(val)} validation scenes ({counts}):")
     print(table(["pointer", "step", "minutes", *COLUMNS], rows))
 
 
