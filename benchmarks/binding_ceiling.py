@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_quality import TASKS, _fmt, table  # noqa: E402
 
 from instructseg.pretrain import (  # noqa: E402
-    PATCH_ATTRIBUTES,
     MLLMExample,
     Scene,
+    Stage0Config,
     TinyMLLM,
     mean_pointing,
     mllm_example,
@@ -85,7 +85,7 @@ class BagOfWordsPointer(nn.Module):
         pointed = []
         for b, ex in enumerate(examples):
             ids = torch.tensor(tokenizer(f" {ex.instruction}", add_special_tokens=False)["input_ids"])
-            query = self.point_query(self.words(ids).mean(0, keepdim=True))  # (1, dim)
+            query = self.point_query(self.words(ids).mean(0))  # (dim,)
             pointed.append(pointing(query, self.point_key(hidden[b]), self.no_object_key, ex.target_patches))
         point, accuracy = mean_pointing(pointed, hidden)
         return {"loss": patch + point, "patch": patch, "point": point, "point_acc": accuracy}
@@ -135,7 +135,7 @@ def held_out_hits(model: nn.Module, examples: list[MLLMExample], tokenizer, imag
 def build_pointer(name: str, seed: int, num_classes: list[int]) -> tuple[nn.Module, object]:
     """A fresh pointer and its tokenizer, from the tiny parts stage 0 starts from (``seed``)."""
     parts = build_tiny_parts(seed=seed, pretrained_sizes=True)
-    select_layer = -2
+    select_layer = Stage0Config().select_layer
     if name == "bag-of-words":
         return BagOfWordsPointer(parts.siglip, len(parts.tokenizer), select_layer, num_classes), parts.tokenizer
     return TinyMLLM(parts.siglip, parts.llm, select_layer, num_classes, point_from=name.split("-")[1]), parts.tokenizer
@@ -151,8 +151,7 @@ def run_pointer(
     """Train one pointer for ``args.steps`` and return a table row per evaluation (every ``args.every`` steps)."""
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    num_classes = [len(train[0].values[a]) + 1 for a in PATCH_ATTRIBUTES]
-    model, tokenizer = build_pointer(name, args.seed, num_classes)
+    model, tokenizer = build_pointer(name, args.seed, train[0].patch_classes())
     image_size, grid = model.siglip.config.image_size, model.siglip.config.image_size // model.siglip.config.patch_size
     rows, start = [], time.perf_counter()
 

@@ -121,6 +121,10 @@ class Scene:
             labels[on] = [self.values[a].index(self.objects[object_id][a]) for a in PATCH_ATTRIBUTES]
         return torch.from_numpy(labels)
 
+    def patch_classes(self) -> list[int]:
+        """Classes of each :data:`PATCH_ATTRIBUTES` entry in :meth:`patch_labels` (its values + background)."""
+        return [len(self.values[a]) + 1 for a in PATCH_ATTRIBUTES]
+
     def object_class(self, object_id: str, attributes: tuple[str, ...]) -> int:
         """Index of the object's class among :func:`mask_classes` ``(values, attributes)``."""
         index = 0
@@ -344,9 +348,9 @@ class TinyMLLM(nn.Module):
         targets = torch.stack([F.pad(t, (0, length - len(t)), value=-100) for t in labels])
         out = self.lm(inputs_embeds=inputs, attention_mask=mask, labels=targets, output_hidden_states=True)
         last = out.hidden_states[-1]  # (B, S, D)
-        pointed = [  # query: the instruction's mean hidden state; keys: the key frame's positions first : first + n
+        pointed = [  # query: mean hidden state over `span` (all instruction tokens, or the last); keys: key frame
             pointing(
-                self.point_query(last[b, span].mean(0, keepdim=True)),
+                self.point_query(last[b, span].mean(0)),
                 self.point_key(last[b, first : first + n]),
                 self.no_object_key,
                 target,
@@ -365,24 +369,23 @@ def patch_attribute_loss(heads: nn.ModuleList, hidden: torch.Tensor, labels: tor
 
 
 def pointing(
-    queries: torch.Tensor, keys: torch.Tensor, no_object: torch.Tensor, target: torch.Tensor
+    query: torch.Tensor, keys: torch.Tensor, no_object: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Region-text contrastive pointing of one example: a softmax over the key frame's ``N`` positions and a
     "no object" slot must put its mass on the target's patches (on the slot when ``target`` is all False).
 
     Args:
-        queries: ``(P, D)`` query vectors (the loss averages over them; the last one is scored for accuracy).
+        query: ``(D,)`` the instruction's query vector.
         keys: ``(N, D)`` one key per key-frame patch; ``no_object``: ``(D,)`` the slot's key.
         target: ``(N,)`` bool, the target's patches (:meth:`Scene.patch_mask`).
 
     Returns:
-        The loss (scalar) and whether the last query's argmax lands on a wanted slot (0-dim float).
+        The loss (scalar) and whether the argmax lands on a wanted slot (0-dim float).
     """
     keys = torch.cat([keys, no_object[None]])  # (N + 1, D)
-    logits = queries @ keys.T / keys.shape[-1] ** 0.5  # (P, N + 1)
+    logits = (query[None] @ keys.T)[0] / keys.shape[-1] ** 0.5  # (N + 1,)
     wanted = torch.cat([target, torch.tensor([not target.any()])])  # (N + 1,)
-    loss = (logits.logsumexp(-1) - logits[:, wanted].logsumexp(-1)).mean()
-    return loss, wanted[logits[-1].argmax()].float()
+    return logits.logsumexp(0) - logits[wanted].logsumexp(0), wanted[logits.argmax()].float()
 
 
 def mean_pointing(
@@ -451,8 +454,7 @@ def pretrain_mllm(
     means of the loss terms and the pointing accuracy."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    classes = [len(scenes[0].values[a]) + 1 for a in PATCH_ATTRIBUTES]
-    model = TinyMLLM(siglip, lm, config.select_layer, classes, config.point_from).train()
+    model = TinyMLLM(siglip, lm, config.select_layer, scenes[0].patch_classes(), config.point_from).train()
     image_size = siglip.config.image_size
     grid = image_size // siglip.config.patch_size
 

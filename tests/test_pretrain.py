@@ -132,7 +132,7 @@ def test_random_parts_stay_the_default(tmp_path):
 
 def test_pointing_is_the_softmax_mass_on_the_target_or_the_no_object_slot():
     keys, no_object = torch.eye(3), torch.zeros(3)  # 3 patches, one-hot keys; logits = query / sqrt(3)
-    query = torch.tensor([[3.0, 0.0, 0.0]])
+    query = torch.tensor([3.0, 0.0, 0.0])
     loss, hit = pointing(query, keys, no_object, torch.tensor([True, False, False]))
     logits = torch.tensor([3.0, 0.0, 0.0, 0.0]) / 3**0.5
     assert torch.isclose(loss, -torch.log_softmax(logits, 0)[0]) and hit == 1.0
@@ -140,7 +140,7 @@ def test_pointing_is_the_softmax_mass_on_the_target_or_the_no_object_slot():
     loss, hit = pointing(query, keys, no_object, two)
     assert torch.isclose(loss, -torch.logsumexp(torch.log_softmax(logits, 0)[1:3], 0)) and hit == 0.0
     no_target = torch.zeros(3, dtype=torch.bool)
-    _, hit = pointing(-torch.ones(1, 3), keys, no_object, no_target)  # patches' logits < the slot's 0: the slot wins
+    _, hit = pointing(-torch.ones(3), keys, no_object, no_target)  # patches' logits < the slot's 0: the slot wins
     assert hit == 1.0
     assert mean_pointing([], torch.ones(2)) == (0.0, 0.0)
 
@@ -173,7 +173,7 @@ def test_stage0_points_from_the_instructions_mean_hidden_state():
         model.lm.register_forward_hook(lambda m, args, out: seen.update(last=out.hidden_states[-1]))
         with torch.no_grad():
             model([example], tok, 64)
-        assert torch.allclose(seen["query"], seen["last"][0, span].mean(0, keepdim=True))
+        assert torch.allclose(seen["query"], seen["last"][0, span].mean(0))
     assert ASSISTANT == " ASSISTANT:"
     with pytest.raises(ValueError, match="point_from"):
         TinyMLLM(parts.siglip, parts.llm, -2, [3, 3, 3], point_from="first")
