@@ -79,6 +79,11 @@ VARIANTS: dict[str, Variant] = {
         ["--model.config.fusion.image_stride", "8"],
     ),
     "lr-3e-3": Variant("learning rate 3e-3 instead of 1e-3", ["--model.learning_rate", "0.003"]),
+    "class-weight-10": Variant("class loss weight 10 instead of 2", ["--model.config.loss.class_weight", "10"]),
+    "m2f-classes-size": Variant(
+        "stage-0 Mask2Former trained on colour x shape x size classes", parts="stage0-classes-size"
+    ),
+    "m2f-classes-long": Variant("the same, 1500 stage-0 Mask2Former steps instead of 300", parts="stage0-classes-long"),
     "mask-128": Variant("mask branch at 128 px instead of 64", ["--model.config.mask.image_size", "128"]),
 }
 
@@ -87,6 +92,8 @@ VARIANTS: dict[str, Variant] = {
 STAGE0_VARIANTS: dict[str, dict] = {
     "stage0-classes": {"mask_labels": ("colour", "shape")},
     "stage0-point-mean": {"point_from": "mean"},
+    "stage0-classes-size": {"mask_labels": ("colour", "shape", "size")},
+    "stage0-classes-long": {"mask_labels": ("colour", "shape", "size"), "mask_steps": 1500},
 }
 
 

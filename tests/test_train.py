@@ -450,3 +450,25 @@ def test_every_ablation_variant_is_a_valid_fit_command(tiny_root, synthetic_dir,
             expected = yaml.safe_load(value)
             same = node == expected or (isinstance(expected, (int, float)) and float(node) == float(expected))
             assert same and not isinstance(expected, str), (name, flag, node, expected)
+
+
+@pytest.mark.slow
+def test_score_ceiling_of_a_tiny_checkpoint(tiny_root, synthetic_dir, tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from score_ceiling import QUERY_FEATURES, TEXT_FEATURES
+    from score_ceiling import main as score_ceiling
+
+    main(["fit", *tiny_args(tiny_root, synthetic_dir, tmp_path / "run", "--trainer.max_steps", "3")])
+    glob = f"{synthetic_dir}/%s/*.tar"
+    args = ["--checkpoint", str(tmp_path / "run/ckpt/last.ckpt"), "--train-glob", glob % "train"]
+    score_ceiling([*args, "--val-glob", glob % "val", "--sizes", "16,32", "--steps", "5"])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| scorer"))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[header + 2 :] if line.startswith("|")]
+    assert [r[0] for r in rows[:3]] == ["the model's own pick", "a random query", "the best query (oracle)"]
+    pairs = [f"{q} x {t}" for q in QUERY_FEATURES for t in TEXT_FEATURES]
+    assert [(r[0], r[1]) for r in rows[3:]] == [(p, n) for n in ("16", "32") for p in pairs]
+    oracle = float(rows[2][2])
+    assert all(float(r[2]) <= oracle + 1e-6 for r in rows)  # nothing picks better than the best query
+    with pytest.raises(SystemExit, match="fewer than"):
+        score_ceiling([*args, "--val-glob", glob % "val", "--sizes", "100000", "--steps", "1"])
