@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_quality import VAL_GLOB, _fmt, table  # noqa: E402
+from train_quality import VAL_GLOB, _fmt, key_frames, table  # noqa: E402
 
 from datamodules.synthetic import MOTION_WORDS, SPATIAL  # noqa: E402
 
@@ -62,19 +62,6 @@ def extract(model, glob: str, limit: int, batch_size: int = 32) -> dict:
     """Run the frozen model over up to ``limit`` key-frame samples of ``glob``; per sample: each query's three
     descriptions (:data:`QUERY_FEATURES`) ``(n, Q, .)``, its IoU with the target ``(n, Q)``, the LM's mean
     instruction state ``(n, D)``, the model's own pick ``(n,)``, whether there is a target, the text and its kind."""
-    from datamodules import InstructSegDataModule
-
-    config = model.config
-    data = InstructSegDataModule(
-        val=[{"name": "probe", "urls": glob}],
-        tokenizer=model.tokenizer,
-        mask_size=config.mask.image_size,
-        clip_size=config.vision.image_size,
-        num_ref_frames=config.num_reference_frames,
-        batch_size=batch_size,
-        num_workers=0,
-    )
-    data.setup("validate")
     seen: dict[str, torch.Tensor] = {}
     hooks = [
         model.mask_decoder.score_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("query", i[0])),
@@ -83,7 +70,7 @@ def extract(model, glob: str, limit: int, batch_size: int = 32) -> dict:
     ]
     out: dict[str, list] = {k: [] for k in (*QUERY_FEATURES, "text", "iou", "pick", "has", "words", "kind")}
     count, start = 0, time.perf_counter()
-    for batch in data.val_dataloader():
+    for batch in key_frames(model, glob, batch_size):
         if count >= limit:
             break
         prediction = model(batch).prediction

@@ -92,27 +92,34 @@ def region_colours(masks: torch.Tensor, pixel_values: torch.Tensor) -> tuple[tor
     return torch.einsum("bmhw,bchw->bmc", masks, image) / area.clamp(min=1)[..., None], area
 
 
+def key_frames(model, glob: str, batch_size: int):
+    """The key-frame batches of the shards ``glob`` (every query once, in order) at ``model``'s input sizes: the
+    training loop's validation loader."""
+    from datamodules import InstructSegDataModule
+
+    config = model.config
+    data = InstructSegDataModule(
+        val=[{"name": "val", "urls": glob}],
+        tokenizer=model.tokenizer,
+        mask_size=config.mask.image_size,
+        clip_size=config.vision.image_size,
+        num_ref_frames=config.num_reference_frames,
+        batch_size=batch_size,
+        num_workers=0,
+    )
+    data.setup("validate")
+    return data.val_dataloader()
+
+
 @torch.no_grad()
 def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12) -> dict[str, float]:
     """On validation key frames: mean IoU of the selected query, the best query and the top-score query (samples
     with a target), and what the two sides of the score ``<MLP(query), e>`` know — the held-out R² of a linear probe
     from each final decoder query state to the mean colour of its own mask, and from the VMTF classifier ``e`` to
     the mean colour of the target, and from the finest pixel-decoder map to each cell's colour (:func:`linear_r2`)."""
-    from datamodules import InstructSegDataModule
     from instructseg.checkpoint import load_training_checkpoint
 
     model = load_training_checkpoint(checkpoint).eval()
-    config = model.config
-    data = InstructSegDataModule(
-        val=[{"name": "val", "urls": val_glob}],
-        tokenizer=model.tokenizer,
-        mask_size=config.mask.image_size,
-        clip_size=config.vision.image_size,
-        num_ref_frames=config.num_reference_frames,
-        batch_size=16,
-        num_workers=0,
-    )
-    data.setup("validate")
     seen: dict[str, torch.Tensor] = {}
     hooks = [
         model.mask_decoder.score_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("query", i[0])),
@@ -121,7 +128,7 @@ def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12
     ]
     sums, count = dict.fromkeys(DIAGNOSIS, 0.0), 0
     probes: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {name: ([], []) for name in PROBES}
-    for index, batch in enumerate(data.val_dataloader()):
+    for index, batch in enumerate(key_frames(model, val_glob, batch_size=16)):
         if index == batches:
             break
         prediction = model(batch).prediction
