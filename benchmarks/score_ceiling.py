@@ -62,7 +62,7 @@ def extract(model, glob: str, limit: int, batch_size: int = 32) -> dict:
     """Run the frozen model over up to ``limit`` key-frame samples of ``glob``; per sample: each query's three
     descriptions (:data:`QUERY_FEATURES`) ``(n, Q, .)``, its IoU with the target ``(n, Q)``, the LM's mean
     instruction state ``(n, D)``, the model's own pick ``(n,)``, whether there is a target, the text and its kind."""
-    seen: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}  # score_proj runs once per decoder layer: the last call is the final states
     hooks = [
         model.mask_decoder.score_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("query", i[0])),
         model.fusion.register_forward_hook(lambda m, i, o: seen.__setitem__("text", i[1])),
