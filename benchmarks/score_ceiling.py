@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_quality import VAL_GLOB, _fmt, key_frames, table  # noqa: E402
+from train_quality import VAL_GLOB, _fmt, key_frames, query_ious, region_colours, table  # noqa: E402
 
 from datamodules.synthetic import MOTION_WORDS, SPATIAL  # noqa: E402
 
@@ -76,23 +76,20 @@ def extract(model, glob: str, limit: int, batch_size: int = 32) -> dict:
         prediction = model(batch).prediction
         logits = prediction.mask_logits[-1].float()  # (B, Q, h, w)
         hard = (logits > 0).float()
-        area = hard.sum((2, 3)).clamp(min=1)  # (B, Q)
+        colour, area = region_colours(hard, batch["pixel_values"])  # (B, Q, 3), (B, Q) in h x w cells
+        area = area.clamp(min=1)
         pooled = torch.einsum("bqhw,bchw->bqc", hard, seen["pixel"].float()) / area[..., None]
-        image = F.interpolate(batch["pixel_values"].float(), size=logits.shape[-2:], mode="area")  # (B, 3, h, w)
         ys, xs = (torch.linspace(0, 1, n) for n in logits.shape[-2:])
         geometry = torch.cat(
             [
-                torch.einsum("bqhw,bchw->bqc", hard, image) / area[..., None],
+                colour,
                 (area / hard[0, 0].numel())[..., None],
                 (torch.einsum("bqhw,h->bq", hard, ys) / area)[..., None],
                 (torch.einsum("bqhw,w->bq", hard, xs) / area)[..., None],
             ],
             -1,
         )
-        size = batch["target_mask"].shape[-1]
-        masks = F.interpolate(logits, size=(size, size), mode="bilinear") > 0
-        target = batch["target_mask"][:, None] > 0.5
-        iou = (masks & target).sum((2, 3)) / (masks | target).sum((2, 3)).clamp(min=1)
+        iou = query_ious(logits, batch["target_mask"])  # (B, Q)
         for name, value in zip(QUERY_FEATURES, (seen["query"].transpose(0, 1), pooled, geometry)):
             out[name].append(value.float())
         out["text"].append(seen["text"].float())
@@ -111,11 +108,16 @@ def extract(model, glob: str, limit: int, batch_size: int = 32) -> dict:
     return {k: (torch.cat(v)[:limit] if k not in ("words", "kind") else v[:limit]) for k, v in out.items()}
 
 
+def words(text: str) -> list[str]:
+    """The lower-cased runs of letters of ``text`` (the bag of words' tokens)."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
 def bag_of_words(texts: list[str], vocabulary: dict[str, int]) -> torch.Tensor:
-    """``(n, V)`` 0/1: which words of ``vocabulary`` each text contains (lower-cased letters only)."""
+    """``(n, V)`` 0/1: which words of ``vocabulary`` (:func:`words`) each text contains."""
     x = torch.zeros(len(texts), len(vocabulary))
     for row, text in enumerate(texts):
-        for word in re.findall(r"[a-z]+", text.lower()):
+        for word in words(text):
             if word in vocabulary:
                 x[row, vocabulary[word]] = 1.0
     return x
@@ -180,9 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     model = load_training_checkpoint(args.checkpoint).eval()
     train = extract(model, args.train_glob, sizes[-1])
-    val = extract(model, args.val_glob, 10**9)
     if len(train["iou"]) < sizes[-1]:
         raise SystemExit(f"score_ceiling: {args.train_glob} has {len(train['iou'])} samples, fewer than {sizes[-1]}.")
+    val = extract(model, args.val_glob, 10**9)
     keep = val["has"]
     val_kinds = [k for k, h in zip(val["kind"], keep.tolist()) if h]
     iou = val["iou"][keep]
@@ -194,8 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         ["a random query", "–", *map(_fmt, picked_iou(iou, random_pick, val_kinds))],
         ["the best query (oracle)", "–", *map(_fmt, picked_iou(iou, iou.argmax(1), val_kinds))],
     ]
-    words = sorted({w for text in train["words"] for w in re.findall(r"[a-z]+", text.lower())})
-    vocabulary = {w: i for i, w in enumerate(words)}
+    vocabulary = {w: i for i, w in enumerate(sorted({w for text in train["words"] for w in words(text)}))}
     texts = {
         "LM instruction mean": (train["text"], val["text"]),
         "bag of words": (bag_of_words(train["words"], vocabulary), bag_of_words(val["words"], vocabulary)),

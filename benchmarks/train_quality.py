@@ -92,6 +92,15 @@ def region_colours(masks: torch.Tensor, pixel_values: torch.Tensor) -> tuple[tor
     return torch.einsum("bmhw,bchw->bmc", masks, image) / area.clamp(min=1)[..., None], area
 
 
+def query_ious(mask_logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """IoU of every query's mask (logit > 0, bilinearly resized to the target's side) with the target:
+    ``(B, Q, h, w), (B, S, S) → (B, Q)``."""
+    size = target_mask.shape[-1]
+    masks = F.interpolate(mask_logits, size=(size, size), mode="bilinear") > 0  # (B, Q, S, S)
+    target = target_mask[:, None] > 0.5
+    return (masks & target).sum((2, 3)) / (masks | target).sum((2, 3)).clamp(min=1)
+
+
 def key_frames(model, glob: str, batch_size: int):
     """The key-frame batches of the shards ``glob`` (every query once, in order) at ``model``'s input sizes: the
     training loop's validation loader."""
@@ -132,10 +141,8 @@ def diagnose(checkpoint: str | Path, val_glob: str = VAL_GLOB, batches: int = 12
         if index == batches:
             break
         prediction = model(batch).prediction
-        size = batch["target_mask"].shape[-1]
-        masks = F.interpolate(prediction.mask_logits[-1], size=(size, size), mode="bilinear") > 0  # (B, Q, S, S)
+        iou = query_ious(prediction.mask_logits[-1], batch["target_mask"])  # (B, Q)
         target = batch["target_mask"][:, None] > 0.5
-        iou = (masks & target).sum((2, 3)) / (masks | target).sum((2, 3)).clamp(min=1)  # (B, Q)
         rows, keep = torch.arange(len(iou)), batch["has_target"] & batch["has_mask"]
         picks = dict(
             zip(
