@@ -169,22 +169,38 @@ def picked_iou(iou: torch.Tensor, pick: torch.Tensor, kinds: list[str]) -> list[
     return values
 
 
+def sample_counts(text: str) -> list[int]:
+    """``--sizes``: comma-separated positive integers, returned in increasing order."""
+    try:
+        sizes = sorted(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if sizes[0] <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a training checkpoint (.ckpt) of the tiny preset")
     parser.add_argument("--train-glob", default="data/synthetic/train/*.tar", help="shards the scorers train on")
     parser.add_argument("--val-glob", default=VAL_GLOB)
-    parser.add_argument("--sizes", default="3200", help="comma-separated training-sample counts")
+    parser.add_argument("--sizes", type=sample_counts, default="3200", help="comma-separated training-sample counts")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps of every scorer (batch 64)")
     args = parser.parse_args(argv)
     from instructseg.checkpoint import load_training_checkpoint
 
-    sizes = sorted(int(s) for s in args.sizes.split(","))
-    model = load_training_checkpoint(args.checkpoint).eval()
-    train = extract(model, args.train_glob, sizes[-1])
-    if len(train["iou"]) < sizes[-1]:
-        raise SystemExit(f"score_ceiling: {args.train_glob} has {len(train['iou'])} samples, fewer than {sizes[-1]}.")
-    val = extract(model, args.val_glob, 10**9)
+    sizes = args.sizes
+    try:
+        model = load_training_checkpoint(args.checkpoint).eval()
+        train = extract(model, args.train_glob, sizes[-1])
+        if len(train["iou"]) < sizes[-1]:
+            raise SystemExit(
+                f"score_ceiling: {args.train_glob} has {len(train['iou'])} samples, fewer than {sizes[-1]}."
+            )
+        val = extract(model, args.val_glob, 10**9)
+    except FileNotFoundError as err:  # no checkpoint, or shards that match no file
+        parser.error(str(err))
     keep = val["has"]
     val_kinds = [k for k, h in zip(val["kind"], keep.tolist()) if h]
     iou = val["iou"][keep]

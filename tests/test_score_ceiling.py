@@ -7,10 +7,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from score_ceiling import KINDS, bag_of_words, fit_scorer, picked_iou, query_kind, standardize  # noqa: E402
+from score_ceiling import (  # noqa: E402
+    KINDS,
+    bag_of_words,
+    fit_scorer,
+    main,
+    picked_iou,
+    query_kind,
+    standardize,
+)
 
 from datamodules.synthetic import make_scene, referring_candidates  # noqa: E402
 
@@ -68,3 +77,18 @@ def test_picked_iou_is_the_mean_iou_of_the_picked_query_overall_and_per_kind():
     assert math.isclose(by_kind["attribute"], 0.45, rel_tol=1e-6)
     assert math.isclose(by_kind["spatial"], 0.2, rel_tol=1e-6)
     assert math.isnan(by_kind["motion"]) and math.isnan(by_kind["reasoning"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "/nonexistent/last.ckpt"], "No training checkpoint at /nonexistent/last.ckpt"),
+        (["--checkpoint", "x.ckpt", "--sizes", "3200,many"], "--sizes: expected comma-separated positive integers"),
+        (["--checkpoint", "x.ckpt", "--sizes", "0"], "--sizes: expected comma-separated positive integers"),
+    ],
+)
+def test_bad_arguments_are_one_error_line_with_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
